@@ -1,0 +1,59 @@
+"""The course's modules: one registry that the harness, the grader, the CLI and the meta-suite share.
+
+A module is a folder `NN_name/` holding one learner file. Adding a module means adding a line here
+(and its folders); nothing else in the harness changes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Module:
+    name: str  # folder name, e.g. "01_rmsnorm"
+    file: str  # the learner's file inside it, e.g. "rmsnorm.py"
+    title: str
+
+    @property
+    def stem(self) -> str:
+        return Path(self.file).stem
+
+    @property
+    def chapter(self) -> str:
+        """The docs chapter a failing test points to."""
+        return f"docs/{self.name}.md"
+
+
+MODULES: tuple[Module, ...] = (
+    Module("01_rmsnorm", "rmsnorm.py", "RMSNorm"),
+    Module("02_rope", "rope.py", "Rotary position embeddings"),
+    Module("03_lora", "lora.py", "LoRA"),
+    Module("04_zero_memory", "zero_memory.py", "ZeRO memory arithmetic"),
+    Module("05_int8_quant", "int8_quant.py", "Int8 quantization"),
+    Module("06_kv_cache", "kv_cache.py", "The KV cache"),
+    Module("07_dpo_loss", "dpo.py", "The DPO loss"),
+    Module("08_distributed_launch", "launch.py", "Launching distributed training"),
+)
+
+_BY_NAME = {module.name: module for module in MODULES}
+
+
+def get_module(name: str) -> Module:
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        known = ", ".join(_BY_NAME)
+        raise KeyError(f"unknown module {name!r}; the course has: {known}") from None
+
+
+def find_module(name: str) -> Module | None:
+    return _BY_NAME.get(name)
+
+
+def existing_modules(root: Path = REPO_ROOT / "solutions") -> list[Module]:
+    """The registered modules that have a folder under `root` (modules are added one by one)."""
+    return [module for module in MODULES if (root / module.name / module.file).is_file()]

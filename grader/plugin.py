@@ -1,0 +1,223 @@
+"""The pytest plugin of LLM Lab (registered through the `pytest11` entry point, so learners get it too).
+
+What it gives a test under a module folder (`exercises/01_rmsnorm/`, `grader/hidden/01_rmsnorm/`, ...):
+
+- `--impl ROOT`: where the code under test comes from: `exercises` (default), `solutions`, or any
+  folder laid out like `exercises/`. The `impl` fixture is the learner's module loaded from that root.
+- `device`: tests that take it run once per device: CPU always, CUDA too where it is available.
+- `@pytest.mark.points(n)`: the test function is worth `n` points, shared evenly by its parametrized
+  cases (so CUDA cases do not change a module's total). Stored in each report's `user_properties`.
+- a fixed seed per test, derived from `--llmlab-seed` and the test's name, so inputs are reproducible
+  and a grader can draw hidden inputs from a seed that submissions never see.
+- failures that teach: a stub's `NotImplementedYet` and a file that does not load become a short
+  message (what to write, where, what the test checks); every failure names the chapter to read.
+"""
+
+from __future__ import annotations
+
+import random
+import zlib
+from pathlib import Path
+
+import pytest
+
+from grader.course import Module, find_module
+from grader.errors import ImplementationLoadError, NotImplementedYet
+
+POINTS_KEY = pytest.StashKey[float]()
+MODULE_KEY = pytest.StashKey["Module | None"]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("llmlab", "LLM Lab")
+    group.addoption(
+        "--impl",
+        default="exercises",
+        metavar="ROOT",
+        help="folder of the implementation under test: exercises (default), solutions, or a submission laid out like exercises/",
+    )
+    group.addoption(
+        "--llmlab-seed",
+        default=0,
+        type=int,
+        metavar="N",
+        help="base seed of the random inputs (graders pass a secret one)",
+    )
+    group.addoption(
+        "--llmlab-device",
+        action="append",
+        choices=["cpu", "cuda"],
+        metavar="DEVICE",
+        help="run device-parametrized tests on this device only (repeatable); default: cpu, and cuda if available",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "points(n): grading weight of a test function, shared by its parametrized cases"
+    )
+    config.addinivalue_line("markers", "cuda: needs a CUDA device")
+
+
+# --------------------------------------------------------------------------------------------------
+# Which implementation, which course module
+
+
+def impl_root(config: pytest.Config) -> Path:
+    """The folder given by --impl, looked up from the working directory, then from the rootdir."""
+    value = Path(config.getoption("impl"))
+    for candidate in (value, config.rootpath / value):
+        if candidate.is_dir():
+            return candidate.resolve()
+    raise pytest.UsageError(f"--impl {value}: no such folder (looked in {Path.cwd()} and {config.rootpath})")
+
+
+def course_module_of(path: Path) -> Module | None:
+    """The course module a test file belongs to: the nearest parent folder named like one."""
+    for parent in Path(path).parents:
+        module = find_module(parent.name)
+        if module is not None:
+            return module
+    return None
+
+
+def _module_of_item(item: pytest.Item) -> Module | None:
+    if MODULE_KEY not in item.stash:
+        item.stash[MODULE_KEY] = course_module_of(item.path)
+    return item.stash[MODULE_KEY]
+
+
+@pytest.fixture
+def course_module(request: pytest.FixtureRequest) -> Module:
+    """The course module (name, file, chapter) of the requesting test."""
+    module = course_module_of(request.path)
+    if module is None:
+        raise pytest.UsageError(f"{request.path} is not inside a course module folder such as 01_rmsnorm/")
+    return module
+
+
+@pytest.fixture
+def impl(request: pytest.FixtureRequest, course_module: Module):
+    """The learner's module under test, loaded from the --impl root."""
+    from grader.loader import load_implementation
+
+    return load_implementation(impl_root(request.config), course_module)
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices, points, seeds
+
+
+def available_devices(config: pytest.Config) -> list[str]:
+    import torch
+
+    wanted = config.getoption("llmlab_device") or ["cpu", "cuda"]
+    devices = [d for d in ("cpu", "cuda") if d in wanted]
+    if "cuda" in devices and not torch.cuda.is_available():
+        devices.remove("cuda")
+    return devices
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "device" in metafunc.fixturenames:
+        import torch
+
+        devices = [torch.device(d) for d in available_devices(metafunc.config)]
+        metafunc.parametrize("device", devices, ids=[d.type for d in devices])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Share each test function's points among its parametrized cases (before any deselection)."""
+    cases: dict[tuple, list[pytest.Item]] = {}
+    for item in items:
+        if item.get_closest_marker("points") is not None:
+            key = (item.path, getattr(item.cls, "__name__", None), getattr(item, "originalname", item.name))
+            cases.setdefault(key, []).append(item)
+    for group in cases.values():
+        for item in group:
+            marker = item.get_closest_marker("points")
+            value = float(marker.args[0]) if marker.args else float(marker.kwargs.get("n", 1))
+            item.stash[POINTS_KEY] = value / len(group)
+            item.user_properties.append(("points", value / len(group)))
+
+
+def seed_for(base_seed: int, item: pytest.Item) -> int:
+    """A seed for one test, stable across machines and folders: base seed, module, file and test name."""
+    module = _module_of_item(item)
+    key = f"{base_seed}:{module.name if module else ''}:{item.path.name}:{item.name}"
+    return zlib.crc32(key.encode())
+
+
+@pytest.fixture(autouse=True)
+def _llmlab_seed(request: pytest.FixtureRequest) -> None:
+    if _module_of_item(request.node) is None:
+        return
+    import torch
+
+    seed = seed_for(request.config.getoption("llmlab_seed"), request.node)
+    random.seed(seed)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reports that teach
+
+
+def _where(path: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
+
+
+def _what_it_checks(item: pytest.Item) -> str:
+    doc = (getattr(getattr(item, "function", None), "__doc__", None) or "").strip()
+    return " ".join(doc.split("\n\n")[0].split()) if doc else item.name
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    outcome = yield
+    report: pytest.TestReport = outcome.get_result()
+    module = _module_of_item(item)
+    if module is None or not report.failed or call.excinfo is None:
+        return
+    error = call.excinfo.value
+    if isinstance(error, NotImplementedYet):
+        file = _where(impl_root(item.config) / module.name / module.file)
+        report.longrepr = (
+            f"{error.name} in {file} is not implemented yet.\n"
+            f"  This test checks: {_what_it_checks(item)}\n"
+            f"  Next step: write {error.name} as its docstring says, then run the tests again.\n"
+            f"  Read: {module.chapter}"
+        )
+        item.config.stash.setdefault(_TODO_KEY, {}).setdefault(file, set()).add(error.name)
+    elif isinstance(error, ImplementationLoadError):
+        report.longrepr = (
+            f"Your code could not be loaded, so this test could not run:\n  {error}\n"
+            f"  Next step: fix the file so that `python {module.name}/{module.file}` runs without error."
+        )
+    else:
+        report.sections.append(
+            ("next step", f"This test checks: {_what_it_checks(item)}\nRead: {module.chapter}")
+        )
+
+
+_TODO_KEY = pytest.StashKey[dict]()
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    try:
+        return f"llmlab: implementation under test from {impl_root(config)}"
+    except pytest.UsageError:
+        return None
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
+    todo = config.stash.get(_TODO_KEY, {})
+    if not todo:
+        return
+    terminalreporter.section("llmlab: still to write")
+    for file, names in sorted(todo.items()):
+        terminalreporter.line(f"{file}: {', '.join(sorted(names))}")
