@@ -1,0 +1,55 @@
+"""Mutants of module 01 (RMSNorm): the mistakes learners make. The hidden suite must reject each one."""
+
+from mutation import Mutant
+
+STATS = "mean_square = x32.pow(2).mean(dim=-1, keepdim=True)  # (..., 1)"
+NORMALISE = "normalised = (x32 * torch.rsqrt(mean_square + eps)).to(input_dtype)"
+
+MUTANTS = [
+    Mutant("mean_subtracted", "subtracts the mean first (LayerNorm without bias)",
+           [("x32 = x.to(torch.float32)", "x32 = x.to(torch.float32)\n    x32 = x32 - x32.mean(dim=-1, keepdim=True)")]),
+    Mutant("eps_outside_sqrt", "adds eps after the square root",
+           [(NORMALISE, "normalised = (x32 / (torch.sqrt(mean_square) + eps)).to(input_dtype)")]),
+    Mutant("no_float32_upcast", "computes the statistics in the input dtype (float16 squares overflow)",
+           [("x32 = x.to(torch.float32)", "x32 = x")]),
+    Mutant("weight_before_cast", "multiplies by the weight in float32 and casts last (wrong dtype with a float32 weight)",
+           [("    if weight is None:\n        return normalised\n    return weight * normalised",
+             "    if weight is None:\n        return normalised\n    return (weight * (x32 * torch.rsqrt(mean_square + eps))).to(input_dtype)")]),
+    Mutant("wrong_reduction_dim", "reduces over the first dimension instead of the last",
+           [(STATS, "mean_square = x32.pow(2).mean(dim=0, keepdim=True)")]),
+    Mutant("mean_abs", "uses the mean of |x| instead of the root mean square",
+           [(NORMALISE, "normalised = (x32 / (x32.abs().mean(dim=-1, keepdim=True) + eps)).to(input_dtype)")]),
+    Mutant("sum_of_squares", "sums the squares instead of averaging them",
+           [(STATS, "mean_square = x32.pow(2).sum(dim=-1, keepdim=True)")]),
+    Mutant("no_sqrt", "divides by mean(x**2) without the square root",
+           [(NORMALISE, "normalised = (x32 / (mean_square + eps)).to(input_dtype)")]),
+    Mutant("unbiased_variance", "uses x.var() (centred, Bessel-corrected) as the mean square",
+           [(STATS, "mean_square = x32.var(dim=-1, keepdim=True)")]),
+    Mutant("weight_ignored", "never applies the weight",
+           [("    return weight * normalised\n", "    return normalised\n")]),
+    Mutant("gemma_one_plus_weight", "scales by (1 + weight), Gemma's convention",
+           [("    return weight * normalised\n", "    return (1 + weight) * normalised\n")]),
+    Mutant("no_cast_back", "returns float32 whatever the input dtype",
+           [(NORMALISE, "normalised = x32 * torch.rsqrt(mean_square + eps)")]),
+    Mutant("eps_ignored", "leaves eps out (all-zero rows give NaN)",
+           [(NORMALISE, "normalised = (x32 * torch.rsqrt(mean_square)).to(input_dtype)")]),
+    Mutant("layer_weight_random", "initialises the layer's weight randomly instead of with ones",
+           [("self.weight = nn.Parameter(torch.ones(dim))", "self.weight = nn.Parameter(torch.randn(dim))")]),
+    Mutant("layer_ignores_eps", "the layer's forward uses the default eps instead of its own",
+           [("return rms_norm(x, self.weight, self.eps)", "return rms_norm(x, self.weight)")]),
+    Mutant("layer_accepts_any_dim", "the layer accepts dim <= 0",
+           [("        if dim <= 0:\n            raise ValueError", "        if dim < 0:\n            raise ValueError")]),
+    Mutant("layer_no_shape_check", "the layer does not check the input's last dimension",
+           [("        if x.shape[-1] != self.weight.shape[0]:\n", "        if False:\n")]),
+    Mutant("layer_weight_not_parameter", "stores the weight as a plain tensor (not learnable, not in the state dict)",
+           [("self.weight = nn.Parameter(torch.ones(dim))", "self.register_buffer('weight', torch.ones(dim))")]),
+]
+
+ALTERNATIVES = [
+    Mutant("torch_functional_rms_norm", "uses torch.nn.functional.rms_norm on the float32 copy",
+           [(NORMALISE, "normalised = torch.nn.functional.rms_norm(x32, (x32.shape[-1],), eps=eps).to(input_dtype)")]),
+    Mutant("divide_by_sqrt", "divides by sqrt(mean + eps) instead of multiplying by rsqrt",
+           [(NORMALISE, "normalised = (x32 / torch.sqrt(mean_square + eps)).to(input_dtype)")]),
+    Mutant("vector_norm", "computes the mean square from the 2-norm",
+           [(STATS, "mean_square = torch.linalg.vector_norm(x32, dim=-1, keepdim=True) ** 2 / x32.shape[-1]")]),
+]
