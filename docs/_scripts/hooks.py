@@ -92,6 +92,12 @@ def stub_signatures(stub: Path) -> str:
 
 
 def on_page_markdown(markdown: str, page, config, files, **kwargs):
+    if page.file.src_uri == "index.md":
+        # A module whose chapter is not written yet stays in the table, without a dead link.
+        def unlink(m: re.Match) -> str:
+            return m.group(0) if (Path(config["docs_dir"]) / m.group(2)).is_file() else m.group(1)
+
+        return re.sub(r"\[([^\]]+)\]\((\d\d_\w+\.md)\)", unlink, markdown)
     match = re.fullmatch(r"(\d\d_\w+)\.md", Path(page.file.src_uri).name)
     module = next((m for m in MODULES if match and m.name == match.group(1)), None)
     if module is None:
