@@ -104,6 +104,8 @@ def unwritten_function(excinfo) -> str:
 class TestsFailed(AssertionError):
     """Raised by a test cell where no test passed; IPython shows only the message, not our frames."""
 
+    __test__ = False  # not a pytest test class
+
     def _render_traceback_(self) -> list[str]:
         return str(self).splitlines()
 
