@@ -47,6 +47,21 @@ def _watch(args: argparse.Namespace) -> int:
     return watch(args.module)
 
 
+def _release(args: argparse.Namespace) -> int:
+    from grader.release import release
+
+    for path in release(args.out, make_zip=args.zip):
+        print(f"wrote {path}")
+    return 0
+
+
+def _nbgrader(args: argparse.Namespace) -> int:
+    from grader.nbgrader_course import build_course
+
+    print(f"wrote {build_course(args.out)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmlab", description="LLM Lab: build the pieces of an LLM, graded by pytest.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -70,12 +85,27 @@ def build_parser() -> argparse.ArgumentParser:
     watch = commands.add_parser("watch", help="re-run a module's public tests each time you save its file")
     watch.add_argument("module", nargs="?", help="e.g. 01_rmsnorm (default: the module watched last)")
     watch.set_defaults(run=_watch)
+
+    release = commands.add_parser("release", help="build the learner's handout: stubs, public tests, docs, harness (instructors)")
+    release.add_argument("out", help="a new folder")
+    release.add_argument("--zip", action="store_true", help="also write OUT.zip")
+    release.set_defaults(run=_release)
+
+    nbgrader = commands.add_parser("nbgrader", help="build an nbgrader course: one notebook per module (instructors)")
+    nbgrader.add_argument("out", help="a new folder: the nbgrader course root")
+    nbgrader.set_defaults(run=_nbgrader)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return args.run(args)
+    try:
+        return args.run(args)
+    except ModuleNotFoundError as error:  # the learner's handout ships without the instructors' commands
+        if (error.name or "").startswith("grader."):
+            print(f"llmlab {args.command}: not available here (instructors' command; {error.name} is not in this copy)")
+            return 2
+        raise
 
 
 if __name__ == "__main__":

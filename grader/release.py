@@ -1,0 +1,239 @@
+"""`llmlab release OUT [--zip]`: the learner's handout, built from the repository.
+
+The handout holds what a learner needs and nothing an instructor keeps back:
+
+    README.md, AGENTS.md, pyproject.toml, .gitignore
+    exercises/NN_name/   the stub (generated from the reference, as `llmlab stubs` does), public tests, hints
+    docs/                the chapters (Markdown; no code files)
+    grader/              the harness the public tests need: the pytest plugin, the loader, the checks and
+                         tolerances, the learner's commands; found by following imports from those files
+
+Never in it: `solutions/`, `grader/hidden/`, the mutants and the project's own `tests/`, the stub
+generator, the grading and release code (any `grader/` file the learner's files do not import), compiled
+files, git history. It works for every module in `grader.course.existing_modules()`: a module appears
+in the handout as soon as its reference exists.
+"""
+
+from __future__ import annotations
+
+import ast
+import re
+import shutil
+import tomllib
+import zipfile
+from pathlib import Path
+
+from grader.course import REPO_ROOT, Module, existing_modules
+from grader.stubs import make_stub, solution_path
+
+# The grader files a learner's run starts from; everything they import from `grader` comes along.
+LEARNER_ENTRY_POINTS = ("__init__.py", "plugin.py", "checks.py", "tolerances.py", "learner.py", "notebook.py")
+# Shipped but not followed: the CLI imports instructor commands lazily, and says so when they are absent.
+SHIPPED_NOT_FOLLOWED = ("cli.py",)
+SKIPPED_NAMES = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".DS_Store"}
+SKIPPED_SUFFIXES = {".pyc", ".pyo"}
+DISTRIBUTION = "llmlab-handout"
+
+
+class ReleaseError(RuntimeError):
+    pass
+
+
+# --------------------------------------------------------------------------------------------------
+# What goes in
+
+
+def grader_imports(path: Path) -> set[str]:
+    """The `grader.X` modules a file imports, anywhere in it (functions included), as file names."""
+    tree = ast.parse(path.read_text(), str(path))
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        names: list[str] = []
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
+        for name in names:
+            parts = name.split(".")
+            if parts[0] == "grader" and len(parts) > 1:
+                found.add(parts[1] + ".py")
+    return found
+
+
+def learner_grader_files(grader_dir: Path = REPO_ROOT / "grader") -> list[str]:
+    """The grader files the handout needs: the learner's entry points and every grader file they import."""
+    todo = [name for name in LEARNER_ENTRY_POINTS if (grader_dir / name).is_file()]
+    needed: set[str] = set()
+    while todo:
+        name = todo.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        todo.extend(n for n in grader_imports(grader_dir / name) if (grader_dir / n).is_file())
+    return sorted(needed | {n for n in SHIPPED_NOT_FOLLOWED if (grader_dir / n).is_file()})
+
+
+def _copy_tree(source: Path, target: Path, skip_suffixes: set[str] = frozenset()) -> None:
+    for path in sorted(source.rglob("*")):
+        relative = path.relative_to(source)
+        if any(part in SKIPPED_NAMES for part in relative.parts) or path.suffix in SKIPPED_SUFFIXES | set(skip_suffixes):
+            continue
+        if path.is_file():
+            (target / relative).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, target / relative)
+
+
+def _torch_pin(root: Path) -> str:
+    match = re.search(r"torch==([0-9][0-9.]*[0-9])", (root / "README.md").read_text()) if (root / "README.md").is_file() else None
+    return match.group(1) if match else "2.13.0"
+
+
+def _pyproject(root: Path) -> str:
+    project = tomllib.loads((root / "pyproject.toml").read_text())["project"]
+    torch_requirement = next((d for d in project["dependencies"] if d.startswith("torch")), "torch")
+    return f'''[build-system]
+requires = ["setuptools>=64"]
+build-backend = "setuptools.build_meta"
+
+[project]
+name = "{DISTRIBUTION}"
+version = "{project["version"]}"
+description = "LLM Lab, the learner's handout: write the pieces of an LLM, pytest tells you what is still wrong."
+readme = "README.md"
+requires-python = "{project.get("requires-python", ">=3.10")}"
+license = {{ text = "MIT" }}
+# The public tests need torch and pytest only; the libraries the grader checks against stay with the grader.
+dependencies = ["{torch_requirement}", "pytest>=8.0"]
+
+[project.optional-dependencies]
+dev = []
+
+[project.scripts]
+llmlab = "grader.cli:main"
+
+[project.entry-points.pytest11]
+llmlab = "grader.plugin"
+
+[tool.setuptools.packages.find]
+include = ["grader*"]
+
+[tool.pytest.ini_options]
+testpaths = ["exercises"]
+addopts = ["--import-mode=importlib", "-ra", "--tb=short", "--strict-markers"]
+filterwarnings = ["ignore::DeprecationWarning:torch.*"]
+'''
+
+
+def _readme(modules: list[Module], torch_version: str) -> str:
+    first = modules[0] if modules else None
+    example = first.name if first else "01_rmsnorm"
+    file = f"exercises/{first.name}/{first.file}" if first else "exercises/01_rmsnorm/rmsnorm.py"
+    rows = "\n".join(f"| `{m.name}` | {m.title} | `exercises/{m.name}/{m.file}` | `{m.chapter}` |" for m in modules)
+    return f"""# LLM Lab: your handout
+
+Learn how large language models are built by writing the pieces yourself. Each module is one small
+file whose functions you write; its tests tell you, in words, what is still wrong and which chapter
+to read. When the public tests pass, hand in your `exercises/` folder: the grader runs more tests
+(hidden ones, against the real libraries) on the same files.
+
+## Install
+
+Python 3.10 or newer. In this folder, in a fresh virtual environment, one command:
+
+```bash
+python3 -m venv .venv && . .venv/bin/activate
+pip install torch=={torch_version} -e ".[dev]"
+```
+
+`torch=={torch_version}` is pinned so that a CPU-only machine gets the CPU wheel; with a GPU, install
+the CUDA build of PyTorch first (see pytorch.org), then `pip install -e ".[dev]"`. Every exercise runs
+on a CPU.
+
+## The loop
+
+```bash
+pytest exercises/{example}            # fails, and says what to write and which chapter to read
+$EDITOR {file}
+pytest exercises/{example}            # ... until it passes
+```
+
+Read the chapter first (`docs/`), then write one function at a time. Helpers:
+
+```bash
+llmlab check {example}     # the same tests, showing only what to fix
+llmlab progress            # every module at a glance
+llmlab hint {example}      # a hint, gentle first; again for the next one
+llmlab watch {example}     # re-run the tests each time you save
+```
+
+Only the bodies of the functions that raise `NotImplementedYet` are yours to write: keep the names,
+the signatures and the file names, and do not edit the tests or `grader/` (the grader uses its own).
+
+## Modules
+
+| module | topic | your file | chapter |
+| --- | --- | --- | --- |
+{rows}
+
+## Handing in
+
+Hand in the `exercises/` folder (or a zip of it) as your instructor asks. The grader loads
+`exercises/NN_name/<file>.py` by path, so keep the layout.
+"""
+
+
+def _gitignore() -> str:
+    return "__pycache__/\n*.pyc\n.venv/\n.pytest_cache/\n*.egg-info/\n.llmlab/\n"
+
+
+def build_handout(out: Path, root: Path = REPO_ROOT, modules: list[Module] | None = None) -> Path:
+    """Write the handout folder `out` (which must not exist, or be empty) and return it."""
+    out = Path(out)
+    if out.exists() and any(out.iterdir()):
+        raise ReleaseError(f"{out} exists and is not empty: give a new folder")
+    modules = existing_modules(root / "solutions") if modules is None else modules
+    if not modules:
+        raise ReleaseError(f"no module has a reference under {root / 'solutions'}: nothing to release")
+    out.mkdir(parents=True, exist_ok=True)
+
+    for module in modules:
+        source = root / "exercises" / module.name
+        target = out / "exercises" / module.name
+        if source.is_dir():
+            _copy_tree(source, target)
+        target.mkdir(parents=True, exist_ok=True)
+        reference = solution_path(module, root)
+        # The stub comes from the reference itself, so a stale committed stub cannot leak or lag.
+        (target / module.file).write_text(make_stub(reference.read_text(), str(reference)))
+
+    if (root / "docs").is_dir():
+        # Chapters and their assets; no code files (figure scripts may run reference code).
+        _copy_tree(root / "docs", out / "docs", skip_suffixes={".py", ".ipynb"})
+
+    grader_out = out / "grader"
+    grader_out.mkdir()
+    for name in learner_grader_files(root / "grader"):
+        shutil.copyfile(root / "grader" / name, grader_out / name)
+
+    if (root / "AGENTS.md").is_file():
+        shutil.copyfile(root / "AGENTS.md", out / "AGENTS.md")
+    (out / "README.md").write_text(_readme(modules, _torch_pin(root)))
+    (out / "pyproject.toml").write_text(_pyproject(root))
+    (out / ".gitignore").write_text(_gitignore())
+    return out
+
+
+def zip_folder(folder: Path, archive: Path | None = None) -> Path:
+    """`folder` as `folder.zip` (entries under `folder.name/`), deterministic order."""
+    folder = Path(folder)
+    archive = Path(archive) if archive else folder.with_suffix(".zip")
+    with zipfile.ZipFile(archive, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for path in sorted(folder.rglob("*")):
+            if path.is_file():
+                zf.write(path, Path(folder.name) / path.relative_to(folder))
+    return archive
+
+
+def release(out: Path, make_zip: bool = False) -> list[Path]:
+    folder = build_handout(Path(out))
+    return [folder, zip_folder(folder)] if make_zip else [folder]
