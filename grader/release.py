@@ -17,6 +17,7 @@ in the handout as soon as its reference exists.
 from __future__ import annotations
 
 import ast
+import importlib.util
 import re
 import shutil
 import tomllib
@@ -209,6 +210,7 @@ def build_handout(out: Path, root: Path = REPO_ROOT, modules: list[Module] | Non
     if (root / "docs").is_dir():
         # Chapters and their assets; no code files (figure scripts may run reference code).
         _copy_tree(root / "docs", out / "docs", skip_suffixes={".py", ".ipynb"})
+        _draw_figures(root, out / "docs" / "figures")
 
     grader_out = out / "grader"
     grader_out.mkdir()
@@ -221,6 +223,17 @@ def build_handout(out: Path, root: Path = REPO_ROOT, modules: list[Module] | Non
     (out / "pyproject.toml").write_text(_pyproject(root))
     (out / ".gitignore").write_text(_gitignore())
     return out
+
+
+def _draw_figures(root: Path, target: Path) -> None:
+    """The chapters' figures, drawn now by the references (the handout has no code that could draw them)."""
+    script = root / "docs" / "_scripts" / "figures.py"
+    if not script.is_file():
+        return
+    spec = importlib.util.spec_from_file_location("llmlab_docs_figures", script)
+    figures = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(figures)
+    figures.make_all(target)
 
 
 def zip_folder(folder: Path, archive: Path | None = None) -> Path:

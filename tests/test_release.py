@@ -94,6 +94,15 @@ def test_handout_has_every_existing_module(handout):
         assert (handout / name).is_file(), name
 
 
+def test_handout_chapters_show_their_figures(handout):
+    """The figures are drawn at release (the handout has no code that could draw them)."""
+    import re
+
+    for chapter in (handout / "docs").glob("[0-9][0-9]_*.md"):
+        for figure in re.findall(r"\]\((figures/[^)]+\.png)\)", chapter.read_text()):
+            assert (handout / "docs" / figure).is_file(), f"{chapter.name} shows {figure}, not in the handout"
+
+
 def test_handout_has_nothing_instructor_only(handout):
     """No solutions, hidden suite, mutants, meta-suite, release/grading code, compiled files or git data."""
     names = {p.relative_to(handout).as_posix() for p in handout.rglob("*")}
