@@ -4,13 +4,21 @@ Tests never `import rmsnorm`: the same test file must grade `exercises/`, `solut
 submission folder, so the harness loads `<root>/<module>/<file>` under a name unique to that root.
 A file that is missing or does not import raises `ImplementationLoadError` with the reason in words,
 at the moment a test asks for it, so one broken file fails its tests instead of the whole run.
+
+Processes started with multiprocessing's "spawn" (module 08 launches workers) unpickle the learner's
+functions by module name, in a fresh interpreter that never ran this loader. So that `import <unique
+name>` works there too, each loaded file also gets a two-line shim module of that name in a private
+folder appended to `sys.path` (spawn hands the parent's `sys.path` to its children).
 """
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import importlib.util
+import shutil
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from types import ModuleType
@@ -19,6 +27,14 @@ from grader.course import Module
 from grader.errors import ImplementationLoadError
 
 _cache: dict[Path, ModuleType | ImplementationLoadError] = {}
+_shim_dir: Path | None = None
+
+_SHIM = """# Written by grader/loader.py: loads the learner's file under this module's name in spawned processes.
+import importlib.util, sys
+_spec = importlib.util.spec_from_file_location(__name__, {path!r})
+sys.modules[__name__] = _module = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_module)
+"""
 
 
 def module_path(root: Path, module: Module) -> Path:
@@ -72,7 +88,18 @@ def _import_file(path: Path, module: Module) -> ModuleType:
         raise ImplementationLoadError(
             f"{module.name}/{module.file} raised {type(error).__name__} while being imported{where}: {error}"
         ) from None
+    _importable_in_spawned_processes(name, path)
     return loaded
+
+
+def _importable_in_spawned_processes(name: str, path: Path) -> None:
+    """Write the shim `<name>.py` that loads `path`, in a private folder on `sys.path`."""
+    global _shim_dir
+    if _shim_dir is None:
+        _shim_dir = Path(tempfile.mkdtemp(prefix="llmlab-impl-"))
+        atexit.register(shutil.rmtree, _shim_dir, ignore_errors=True)
+        sys.path.append(str(_shim_dir))
+    (_shim_dir / f"{name}.py").write_text(_SHIM.format(path=str(path)))
 
 
 def _last_frame_in(path: Path, error: BaseException) -> str:

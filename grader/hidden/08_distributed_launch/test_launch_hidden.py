@@ -1,0 +1,348 @@
+"""Hidden suite of module 08 (launching distributed training): real worker processes with gloo on CPU
+(nccl too where 2 GPUs exist); torchrun and accelerate's launcher are the references for the environment
+and for running the same worker; single-process training on the whole batch is the truth of data parallelism.
+
+Run: pytest grader/hidden/08_distributed_launch --impl solutions   (or --impl path/to/submission)
+Tests are ordered cheap first: the in-process checks, then one launch each, then torchrun and accelerate.
+"""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).parent
+sys.path.insert(0, str(HERE))  # worker processes import the workers from this folder
+import launch_hidden_workers as workers  # noqa: E402
+
+from grader.checks import assert_close, assert_raises  # noqa: E402
+from grader.loader import load_implementation, module_path  # noqa: E402
+from grader.plugin import course_module_of, impl_root  # noqa: E402
+
+BACKENDS = ["gloo"] + (["nccl"] if torch.cuda.device_count() >= 2 and torch.distributed.is_nccl_available() else [])
+EXACT_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
+LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
+             num_key_value_heads=2, max_position_embeddings=32, attn_implementation="eager")
+
+
+def expect_runtime_error(launched, *fragments):
+    """The launch raised RuntimeError (not the stub's NotImplementedError) whose message holds every fragment."""
+    error = launched.error
+    if isinstance(error, NotImplementedError) or (error is not None and not isinstance(error, RuntimeError)):
+        raise error
+    assert error is not None, f"launch returned {launched.value!r} although a worker failed: it must raise RuntimeError"
+    message = str(error)
+    for fragment in fragments:
+        assert fragment in message, f"the RuntimeError should contain {fragment!r}, got: {message[:400]}"
+    return message
+
+
+def unwrap(results):
+    return [r.value if isinstance(r, workers.SlowToPickle) else r for r in results]
+
+
+def single_process_step(x, y, lr=0.1):
+    model = workers.make_mlp()
+    optimizer = torch.optim.SGD(model.parameters(), lr=lr)
+    workers.mlp_loss(model, x, y).backward()
+    optimizer.step()
+    return {name: p.detach() for name, p in model.named_parameters()}
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("", 0))
+        return probe.getsockname()[1]
+
+
+# ---------------------------------------------------------------------------------------------------
+# shard and argument checks (no process started)
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("rows, world_size", [(12, 3), (8, 4), (5, 1), (6, 6)])
+def test_shards_are_contiguous_and_cover_the_batch(impl, rows, world_size):
+    """The shards of ranks 0..world_size-1 are contiguous, equal in size, and concatenate back to the batch."""
+    batch = torch.randn(rows, 3, 2)
+    shards = [impl.shard(batch, rank, world_size) for rank in range(world_size)]
+    for rank, part in enumerate(shards):
+        n = rows // world_size
+        assert_close(part, batch[rank * n : (rank + 1) * n], what=f"shard(batch of {rows} rows, rank={rank}, world_size={world_size})")
+    assert_close(torch.cat(shards), batch, what="the shards of every rank, concatenated in rank order")
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("rows, world_size", [(7, 2), (10, 3), (2, 3)])
+def test_shard_rejects_a_batch_that_does_not_split_evenly(impl, rows, world_size):
+    """A batch whose size is not divisible by world_size raises ValueError (no rows dropped, none repeated)."""
+    for rank in range(world_size):
+        assert_raises(ValueError, impl.shard, torch.zeros(rows, 4), rank, world_size,
+                      when=f"for shard(batch of {rows} rows, rank={rank}, world_size={world_size})")
+
+
+@pytest.mark.points(1)
+@pytest.mark.parametrize("world_size", [0, -2])
+def test_launch_rejects_a_world_size_below_one(impl, world_size):
+    """launch(fn, world_size) with world_size < 1 raises ValueError before starting any process."""
+    assert_raises(ValueError, impl.launch, workers.rank_environment, world_size, when=f"for launch(fn, world_size={world_size})")
+
+
+# ---------------------------------------------------------------------------------------------------
+# One launch of 2 ranks: the environment, the order of the results, the teardown
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def environment_launch(request):
+    """One launch of `rank_environment` over 2 ranks, where rank 0 is the last to report."""
+    impl = load_implementation(impl_root(request.config), course_module_of(request.path))  # once for the 4 tests below
+    return request.param, workers.guarded_launch(impl.launch, workers.rank_environment, 2, args=(0, 2.0), backend=request.param)
+
+
+@pytest.mark.points(3)
+def test_each_rank_gets_the_torchrun_variables(environment_launch):
+    """Every rank sees MASTER_ADDR, MASTER_PORT, RANK, LOCAL_RANK, WORLD_SIZE and LOCAL_WORLD_SIZE with a single node's values."""
+    backend, launched = environment_launch
+    results = unwrap(launched.result())
+    assert isinstance(results, list) and len(results) == 2, f"launch(fn, 2) should return a list of 2 results, got {results!r}"
+    seen = sorted(results, key=lambda r: r["rank"] if r["rank"] is not None else -1)
+    for rank, result in enumerate(seen):
+        env = result["env"]
+        missing = [name for name, value in env.items() if value is None]
+        assert not missing, f"rank {rank} has no {missing} in its environment: torchrun sets all of {list(env)}"
+        expected = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
+        got = {name: env[name] for name in EXACT_ENV}
+        assert got == expected, f"the worker with dist.get_rank() == {rank} saw {got}, expected {expected} (one node: LOCAL_RANK == RANK)"
+    assert len({r["env"]["MASTER_ADDR"] for r in results}) == 1 and len({r["env"]["MASTER_PORT"] for r in results}) == 1, (
+        "every rank must be given the same MASTER_ADDR and MASTER_PORT"
+    )
+
+
+@pytest.mark.points(2)
+def test_process_group_is_initialised_with_the_backend(environment_launch):
+    """fn runs with torch.distributed initialised: rank and world size from the group, the requested backend."""
+    backend, launched = environment_launch
+    for result in unwrap(launched.result()):
+        assert result["initialized"], "torch.distributed is not initialised when fn runs: call init_process_group first"
+        assert result["world_size"] == 2, f"dist.get_world_size() is {result['world_size']}, expected 2"
+        assert result["backend"] == backend, f"the process group uses backend {result['backend']!r}, expected {backend!r}"
+
+
+@pytest.mark.points(3)
+def test_results_come_back_in_rank_order(environment_launch):
+    """The results are in rank order even when rank 0 finishes last."""
+    _, launched = environment_launch
+    ranks = [r["rank"] for r in unwrap(launched.result())]
+    assert ranks == [0, 1], f"launch returned the results of ranks {ranks} in that order: return them in rank order, not in the order they finish"
+
+
+@pytest.mark.points(2)
+def test_process_group_is_destroyed_before_the_worker_exits(environment_launch):
+    """Each worker destroys its process group (destroy_process_group) after fn returns."""
+    _, launched = environment_launch
+    launched.result()
+    states = sorted(launched.exit_states.values())
+    assert "initialized" not in states, "a worker exited with its process group still initialised: call dist.destroy_process_group() after fn"
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data parallelism by hand
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("world_size", [3])
+def test_all_reduce_gradients_averages(impl, world_size):
+    """all_reduce_gradients leaves every rank with the mean of the ranks' gradients (here over 3 ranks)."""
+    results = workers.guarded_launch(impl.launch, workers.all_reduce_mean_of_ranks, world_size, args=(impl.all_reduce_gradients,)).result()
+    mean = sum(range(1, world_size + 1)) / world_size
+    assert len(results) == world_size, f"launch(fn, {world_size}) returned {len(results)} results"
+    for rank, grad in enumerate(results):
+        assert_close(grad, torch.full((2, 3), mean), what=f"the gradient on rank {rank} after all_reduce_gradients",
+                     mistakes={"the gradients were summed, not averaged: divide by the world size": torch.full((2, 3), mean * world_size)})
+
+
+@pytest.mark.points(4)
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_data_parallel_step_equals_a_step_on_the_whole_batch(impl, device, world_size):
+    """One SGD step of an MLP over the ranks (shard + all_reduce_gradients) equals one step on the whole batch in one process."""
+    x, y = torch.randn(8, 6), torch.randn(8, 3)
+    results = workers.guarded_launch(
+        impl.launch, workers.data_parallel_step, world_size, args=(impl.all_reduce_gradients, impl.shard, x, y, 0.1, device.type)
+    ).result()
+    truth, summed = single_process_step(x, y), single_process_step(x, y, lr=0.1 * world_size)
+    for rank, parameters in enumerate(results):
+        for name, expected in truth.items():
+            assert_close(parameters[name], expected, what=f"{name} on rank {rank} after one data-parallel step over {world_size} ranks",
+                         mistakes={"the gradients were summed over the ranks, not averaged": summed[name]})
+
+
+@pytest.mark.points(3)
+def test_data_parallel_step_of_a_transformers_model(impl, device):
+    """One data-parallel step of a tiny LlamaForCausalLM over 2 ranks equals one step on the whole batch."""
+    torch.manual_seed(0)
+    model = workers.tiny_llama(LLAMA)
+    state = {name: t.clone() for name, t in model.state_dict().items()}
+    input_ids = torch.randint(0, LLAMA["vocab_size"], (4, 10))
+    results = workers.guarded_launch(
+        impl.launch, workers.transformer_data_parallel_step, 2,
+        args=(impl.all_reduce_gradients, impl.shard, LLAMA, state, input_ids, 0.05, device.type),
+    ).result()
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    model(input_ids=input_ids, labels=input_ids).loss.backward()
+    optimizer.step()
+    for rank, parameters in enumerate(results):
+        for name, expected in model.named_parameters():
+            assert_close(parameters[name], expected.detach(), what=f"{name} of the tiny Llama on rank {rank} after one data-parallel step")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Failures, hangs, several launches
+
+
+@pytest.mark.points(3)
+@pytest.mark.parametrize("world_size, bad_rank", [(2, 1), (3, 0)])
+def test_a_failing_rank_raises_runtime_error(impl, world_size, bad_rank):
+    """A worker that raises gives RuntimeError naming its rank and its message, at once (the others are killed)."""
+    launched = workers.guarded_launch(impl.launch, workers.fail_on_rank, world_size, args=(bad_rank, "a hidden failure", 60.0), timeout=120.0)
+    expect_runtime_error(launched, f"rank {bad_rank}", "a hidden failure")
+    assert launched.seconds < 50, f"launch took {launched.seconds:.0f} s to report the failure: it waited for the other ranks (sleeping 60 s)"
+
+
+@pytest.mark.points(1)
+def test_a_worker_that_dies_raises_runtime_error(impl):
+    """A worker that exits without an exception (os._exit) gives RuntimeError naming its rank, not a hang."""
+    launched = workers.guarded_launch(impl.launch, workers.die_on_rank, 2, args=(1, 60.0), timeout=120.0)
+    expect_runtime_error(launched, "rank 1")
+    assert launched.seconds < 50, f"launch took {launched.seconds:.0f} s to notice that rank 1 died"
+
+
+@pytest.mark.points(3)
+def test_a_hanging_worker_times_out(impl):
+    """A worker that never returns gives TimeoutError within the timeout, and every worker is killed."""
+    timeout = 8.0
+    launched = workers.guarded_launch(impl.launch, workers.hang_on_rank, 2, args=(1, 600.0), timeout=timeout, grace=25.0)
+    if isinstance(launched.error, NotImplementedError) or not isinstance(launched.error, TimeoutError):
+        if launched.error is not None:
+            raise launched.error
+        raise AssertionError(f"launch returned {launched.value!r} although rank 1 never returned: raise TimeoutError")
+    assert launched.seconds < timeout + 10, f"TimeoutError came after {launched.seconds:.0f} s, the timeout was {timeout} s"
+
+
+@pytest.mark.points(3)
+def test_two_launches_at_once_do_not_collide(impl):
+    """Two launches running at the same time (and then one more) each meet their own ranks: distinct ports."""
+    grads = {}
+
+    def run(name, world_size):
+        grads[name] = workers.guarded_launch(impl.launch, workers.all_reduce_mean_of_ranks, world_size, args=(impl.all_reduce_gradients,))
+
+    threads = [threading.Thread(target=run, args=(name, n)) for name, n in (("a", 2), ("b", 3))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    run("c", 2)
+    for name, world_size in (("a", 2), ("b", 3), ("c", 2)):
+        assert name in grads, f"launch {name} did not finish (see the errors above)"
+        results = grads[name].result()
+        mean = sum(range(1, world_size + 1)) / world_size
+        for rank, grad in enumerate(results):
+            assert_close(grad, torch.full((2, 3), mean), what=f"the averaged gradient of rank {rank} in a launch of {world_size} ranks run beside another")
+
+
+@pytest.mark.points(1)
+def test_a_single_rank_launch(impl):
+    """launch(fn, 1) runs one worker with RANK 0 and WORLD_SIZE 1 and returns [its result]."""
+    results = unwrap(workers.guarded_launch(impl.launch, workers.rank_environment, 1).result())
+    assert len(results) == 1, f"launch(fn, 1) returned {len(results)} results"
+    env = results[0]["env"]
+    assert (env["RANK"], env["WORLD_SIZE"], env["LOCAL_WORLD_SIZE"]) == ("0", "1", "1"), f"launch(fn, 1) gave the worker {env}"
+
+
+# ---------------------------------------------------------------------------------------------------
+# The real launchers: torchrun and accelerate run the same workers
+
+_TORCHRUN_SCRIPT = """
+import json, os, sys
+sys.path.insert(0, {here!r})
+import torch.distributed as dist
+import launch_hidden_workers as workers
+dist.init_process_group("gloo")
+seen = workers.rank_environment().value
+dist.barrier()
+dist.destroy_process_group()
+with open(os.path.join({out!r}, os.environ["RANK"] + ".json"), "w") as f:
+    json.dump(seen, f)
+"""
+
+_ACCELERATE_SCRIPT = """
+import importlib.util, os, sys
+sys.path.insert(0, {here!r})
+import torch, torch.distributed as dist
+from accelerate import PartialState
+import launch_hidden_workers as workers
+state = PartialState(cpu=True)  # multi-CPU over gloo, initialised from the environment accelerate's launcher set
+spec = importlib.util.spec_from_file_location("learner_launch", {impl_file!r})
+impl = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(impl)
+x, y = torch.load({data!r})
+parameters = workers.data_parallel_step(impl.all_reduce_gradients, impl.shard, x, y)
+torch.save({{"num_processes": state.num_processes, "rank": state.process_index, "parameters": parameters}},
+           os.path.join({out!r}, str(state.process_index) + ".pt"))
+state.wait_for_everyone()
+dist.destroy_process_group()
+"""
+
+
+def _run(command, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
+    assert run.returncode == 0, f"{' '.join(command[:6])} ... failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
+
+
+@pytest.mark.points(3)
+def test_environment_matches_torchrun(impl, tmp_path):
+    """Each rank's RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE equal those torchrun --nproc_per_node 2 gives."""
+    ours = unwrap(workers.guarded_launch(impl.launch, workers.rank_environment, 2).result())
+    script = tmp_path / "worker.py"
+    script.write_text(_TORCHRUN_SCRIPT.format(here=str(HERE), out=str(tmp_path)))
+    _run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)], tmp_path)
+    for rank in range(2):
+        theirs = json.loads((tmp_path / f"{rank}.json").read_text())
+        assert set(theirs["env"]) == set(ours[rank]["env"])
+        missing = [name for name, value in ours[rank]["env"].items() if value is None and theirs["env"][name] is not None]
+        assert not missing, f"torchrun sets {missing} for rank {rank}; your launch does not"
+        want = {name: theirs["env"][name] for name in EXACT_ENV}
+        got = {name: ours[rank]["env"][name] for name in EXACT_ENV}
+        assert got == want, f"results[{rank}] saw {got}; under torchrun, rank {rank} sees {want}"
+        assert (ours[rank]["rank"], ours[rank]["world_size"]) == (theirs["rank"], theirs["world_size"])
+        address = ours[rank]["env"]["MASTER_ADDR"]
+        assert socket.gethostbyname(address).startswith("127."), f"MASTER_ADDR {address!r} is not this machine (torchrun --standalone uses localhost)"
+        assert 0 < int(ours[rank]["env"]["MASTER_PORT"]) < 65536
+
+
+@pytest.mark.points(3)
+def test_the_same_worker_runs_under_accelerate_launch(impl, request, tmp_path):
+    """The data-parallel worker, run by `accelerate launch --multi_gpu --num_processes 2` on CPU, gives launch's parameters."""
+    x, y = torch.randn(8, 6), torch.randn(8, 3)
+    ours = workers.guarded_launch(impl.launch, workers.data_parallel_step, 2, args=(impl.all_reduce_gradients, impl.shard, x, y)).result()
+    torch.save((x, y), tmp_path / "data.pt")
+    impl_file = module_path(impl_root(request.config), course_module_of(request.path)).resolve()
+    script = tmp_path / "worker.py"
+    script.write_text(_ACCELERATE_SCRIPT.format(here=str(HERE), impl_file=str(impl_file), data=str(tmp_path / "data.pt"), out=str(tmp_path)))
+    # On a host without GPUs, --multi_gpu is what starts several processes (torchrun inside); --cpu starts one.
+    _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script)], tmp_path)
+    for rank in range(2):
+        theirs = torch.load(tmp_path / f"{rank}.pt")
+        assert theirs["num_processes"] == 2, f"accelerate ran {theirs['num_processes']} process(es), expected 2"
+        for name, expected in theirs["parameters"].items():
+            assert_close(ours[rank][name], expected, what=f"{name} on rank {rank}: launch against accelerate launch")
+        for name, expected in single_process_step(x, y).items():
+            assert_close(theirs["parameters"][name], expected, what=f"{name} on rank {rank} under accelerate launch")

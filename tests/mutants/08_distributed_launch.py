@@ -1,0 +1,61 @@
+"""Mutants of module 08 (launching distributed training): the mistakes people make when they launch
+processes and average gradients by hand. The hidden suite must reject each one."""
+
+from mutation import Mutant
+
+DIVIDE = "            parameter.grad /= world_size\n"
+RETURN_IN_ORDER = "                returned[rank] = value\n"
+SHARD_CHECK = """    if size % world_size != 0:
+        raise ValueError(f"a batch of {size} rows does not split evenly over {world_size} ranks")
+"""
+FAILED = """                if not ok:
+                    raise RuntimeError(f"rank {rank} failed: {value}")
+"""
+
+MUTANTS = [
+    Mutant("sum_not_mean", "all-reduces the gradients with SUM and forgets to divide by the world size",
+           [(DIVIDE, "")]),
+    Mutant("local_rank_is_node_index", "mixes up the local rank with the node index (rank // local world size)",
+           [("local_rank = rank % local_world_size", "local_rank = rank // local_world_size")]),
+    Mutant("rank_from_local_rank_of_node_0", "gives every worker RANK 0 (the local rank of a one-process node)",
+           [('"RANK": str(rank),', '"RANK": str(rank // world_size),')]),
+    Mutant("fixed_port", "uses torchrun's default port 29500 for every launch: two launches at once collide",
+           [("    port = free_port()\n", "    port = 29500\n")]),
+    Mutant("exceptions_swallowed", "a worker's exception becomes a None result instead of an error",
+           [(FAILED, "                if not ok:\n                    value = None\n")]),
+    Mutant("completion_order", "returns the results in the order the workers finish, not in rank order",
+           [(RETURN_IN_ORDER, "                returned[len(returned)] = value\n")]),
+    Mutant("never_destroyed", "never destroys the process group",
+           [("    if dist.is_initialized():\n        dist.destroy_process_group()", "    pass")]),
+    Mutant("shards_overlap", "gives each rank one row too many, so neighbouring shards overlap",
+           [("    return batch[start : start + per_rank]", "    return batch[start : start + per_rank + 1]")]),
+    Mutant("last_rows_dropped", "drops the last rows when the batch does not split evenly instead of raising",
+           [(SHARD_CHECK, "")]),
+    Mutant("no_local_world_size", "does not set LOCAL_WORLD_SIZE",
+           [('            "LOCAL_WORLD_SIZE": str(local_world_size),\n', "")]),
+    Mutant("no_timeout", "waits for the results without a deadline: a hanging worker hangs the launch",
+           [("            for conn in wait(list(waiting), timeout=remaining):", "            for conn in wait(list(waiting)):")]),
+    Mutant("waits_for_everyone_after_a_failure", "keeps waiting for the other ranks after one failed, and raises only at the end",
+           [(FAILED, "                if not ok:\n                    failure = RuntimeError(f\"rank {rank} failed: {value}\")\n                    continue\n"),
+            ("        for worker in workers:  # they exit on their own", "        if 'failure' in locals():\n            raise failure\n        for worker in workers:  # they exit on their own")]),
+    Mutant("no_world_size_check", "accepts world_size 0 and returns an empty list",
+           [('    if world_size < 1:\n        raise ValueError(f"world_size must be at least 1, got {world_size}")\n', "")]),
+    Mutant("workers_not_killed_on_error", "raises on a failure without killing the other workers",
+           [("            if worker.is_alive():\n                worker.kill()\n            if worker.pid is not None:\n                worker.join()\n",
+             "            pass\n")]),
+]
+
+_SPAWN = """    context = mp.get_context("forkserver")
+    context.set_forkserver_preload(["torch", "torch.distributed"])
+"""
+
+ALTERNATIVES = [
+    Mutant("spawn_start_method", "fresh interpreters with the spawn start method (slower start, same behaviour)",
+           [(_SPAWN, '    context = mp.get_context("spawn")\n')]),
+    Mutant("all_reduce_of_pre_divided_gradients", "divides each gradient by the world size first, then all-reduces with SUM",
+           [("            dist.all_reduce(parameter.grad, op=dist.ReduceOp.SUM)  # every rank now holds the sum\n" + DIVIDE,
+             "            parameter.grad /= world_size\n            dist.all_reduce(parameter.grad)\n")]),
+    Mutant("shard_with_chunk", "shards with torch.chunk after the divisibility check",
+           [("    per_rank = size // world_size\n    start = rank * per_rank\n    return batch[start : start + per_rank]",
+             "    return torch.chunk(batch, world_size, dim=0)[rank]")]),
+]
