@@ -16,6 +16,7 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")  # no screen: write PNG files
+matplotlib.rcParams.update({"axes.titlesize": 10, "axes.labelsize": 9})
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
@@ -78,7 +79,7 @@ def rope_rotations(out: Path) -> None:
     image = left.imshow(cos[:, : head_dim // 2].T, aspect="auto", cmap="RdBu", origin="lower")
     left.set_xlabel("position m")
     left.set_ylabel("pair i (frequency $\\theta_i = 10000^{-2i/d}$)")
-    left.set_title("cos(m $\\theta_i$): fast pairs at the bottom, slow at the top")
+    left.set_title("cos(m $\\theta_i$): fast pairs at the bottom,\nslow pairs at the top")
     fig.colorbar(image, ax=left, shrink=0.8)
     # The score between one query and one key at distance m - n depends only on that distance.
     torch.manual_seed(0)
@@ -91,7 +92,7 @@ def rope_rotations(out: Path) -> None:
     right.plot(positions - 100, q_rot @ k_at_100, color=ORANGE, ls="--", label="key at position 100, shifted")
     right.set_xlabel("query position minus key position")
     right.set_ylabel("q · k after RoPE")
-    right.set_title("The score depends only on the relative distance")
+    right.set_title("The score depends only on\nthe relative distance")
     right.legend(fontsize=8)
     fig.savefig(out / "02_rope_rotations.png")
 
@@ -117,7 +118,7 @@ def lora_parameter_counts(out: Path) -> None:
     right.bar([str(r) for r in ranks], [100 * c / size**2 for c in counts], color=BLUE)
     right.set_xlabel("rank r")
     right.set_ylabel("% of the layer's parameters")
-    right.set_title("Trainable fraction = r (in + out) / (in x out)")
+    right.set_title("Trainable fraction\n= r (in + out) / (in x out)")
     fig.savefig(out / "03_lora_parameter_counts.png")
 
 
@@ -136,7 +137,7 @@ def zero_memory_per_stage(out: Path) -> None:
     left.axhline(80, color=RED, ls=":", label="80 GB GPU")
     left.set_xlabel("GPUs N")
     left.set_ylabel("model states per GPU (GB)")
-    left.set_title("7.5B parameters, mixed-precision Adam (K = 12)")
+    left.set_title("7.5B parameters,\nmixed-precision Adam (K = 12)")
     left.legend(fontsize=7)
     right.set_xlabel("GPUs N")
     right.set_ylabel("largest model (billions of parameters)")
@@ -167,13 +168,13 @@ def int8_outlier_error(out: Path) -> None:
     left.semilogy(magnitudes, mixed, "o-", color=GREEN, label="int8_matmul_with_outliers (threshold 6)")
     left.set_xlabel("scale of 4 outlier feature columns")
     left.set_ylabel("relative error of x @ w.T")
-    left.set_title("Outliers ruin absmax; LLM.int8 keeps them in float")
+    left.set_title("Outliers ruin absmax;\nLLM.int8 keeps them in float")
     left.legend(fontsize=7)
     right.hist((ref.absmax_dequantize(q, scale) - x[:1]).flatten(), bins=40, color=BLUE)
     right.axvline(-scale.item() / 254, color=GREY, ls="--")
     right.axvline(scale.item() / 254, color=GREY, ls="--", label="± absmax / 254")
     right.set_xlabel("dequantised - original")
-    right.set_title("Rounding error of one row is at most half a step")
+    right.set_title("Rounding error of one row:\nat most half a step")
     right.legend(fontsize=8)
     fig.savefig(out / "05_int8_outlier_error.png")
 
@@ -227,7 +228,7 @@ def dpo_loss_against_margin(out: Path) -> None:
         right.plot(margin, -grad / beta, color=color, label=f"beta = {beta}")
     right.set_xlabel("log-ratio margin")
     right.set_ylabel("weight sigmoid(-beta * margin)")
-    right.set_title("Wrongly ranked pairs get the largest updates")
+    right.set_title("Wrongly ranked pairs\nget the largest updates")
     right.legend(fontsize=8)
     fig.savefig(out / "07_dpo_loss_against_margin.png")
 
@@ -266,9 +267,38 @@ def ranks_and_collectives(out: Path) -> None:
     right.scatter(torch.arange(3) + 2 * width, grad_on(batch), marker="*", s=80, color="gold", zorder=3,
                   label="one process, whole batch")
     right.set_xticks(range(3), [f"grad w[{i}]" for i in range(3)])
-    right.set_title("Averaged local gradients = the full-batch gradient")
+    right.set_title("Mean of the local gradients\n= the full-batch gradient")
     right.legend(fontsize=7, ncol=2)
     fig.savefig(out / "08_ranks_and_collectives.png")
+
+
+def collectives(out: Path) -> None:
+    """All-reduce = reduce-scatter + all-gather, on 4 ranks holding 4 chunks each (values computed)."""
+    world = 4
+    before = torch.arange(1, world * world + 1, dtype=torch.float32).view(world, world)  # rank r: row r
+    total = before.sum(0)
+    reduce_scatter = torch.full((world, world), float("nan"))
+    for rank in range(world):
+        reduce_scatter[rank, rank] = total[rank]  # rank r keeps the summed chunk r
+    all_gather = total.expand(world, world)  # every rank gathers every summed chunk
+    panels = [("before: rank r holds its own 4 chunks", before), ("reduce-scatter: rank r keeps summed chunk r", reduce_scatter),
+              ("all-gather of those = all-reduce", all_gather)]
+    fig, axes = plt.subplots(1, 3, figsize=(10, 3.2), dpi=110, constrained_layout=True)
+    for ax, (title, values) in zip(axes, panels):
+        ax.imshow(torch.nan_to_num(values, nan=0.0), cmap="Blues", vmin=0, vmax=total.max().item() * 1.3)
+        for r in range(world):
+            for c in range(world):
+                if not math.isnan(values[r, c]):
+                    ax.text(c, r, f"{values[r, c]:.0f}", ha="center", va="center", fontsize=9)
+        ax.set_xticks(range(world), [f"chunk {c}" for c in range(world)], fontsize=7)
+        ax.set_yticks(range(world), [f"rank {r}" for r in range(world)], fontsize=8)
+        ax.set_title(title, fontsize=9)
+    fig.savefig(out / "08_collectives.png")
+
+
+def distributed(out: Path) -> None:
+    ranks_and_collectives(out)
+    collectives(out)
 
 
 FIGURES = {
@@ -279,7 +309,7 @@ FIGURES = {
     "05_int8_quant": int8_outlier_error,
     "06_kv_cache": kv_cache_cost,
     "07_dpo_loss": dpo_loss_against_margin,
-    "08_distributed_launch": ranks_and_collectives,
+    "08_distributed_launch": distributed,
 }
 
 
