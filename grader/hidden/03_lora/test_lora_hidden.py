@@ -233,30 +233,40 @@ def test_output_at_initialisation_equals_the_base_layer(impl, device, shape):
                  mistakes={"lora_B is not initialised to zero": lambda out: bool(layer.lora_B.detach().abs().max() > 0)})
 
 
-@pytest.mark.points(2)
-@pytest.mark.parametrize("in_features, out_features, r", [(256, 64, 64), (64, 512, 256)], ids=["in256", "in64"])
-def test_initialisation_distribution(impl, in_features, out_features, r):
-    """lora_A is kaiming-uniform with a=sqrt(5) (uniform within 1/sqrt(in_features)), lora_B is zeros."""
-    layer = impl.LoRALinear(nn.Linear(in_features, out_features), r=r)
-    A, B = layer.lora_A.detach().double(), layer.lora_B.detach()
-    assert_close(B, torch.zeros(out_features, r), what="lora_B at initialisation (zeros)")
+def assert_kaiming_uniform(A: torch.Tensor, in_features: int, who: str) -> None:
+    """`A` looks like draws of kaiming_uniform_(a=sqrt(5)) for fan-in `in_features`: uniform on [-b, b], b = 1/sqrt(in)."""
+    A = A.detach().double().cpu()
     bound = 1 / math.sqrt(in_features)  # kaiming_uniform_(a=sqrt(5)): sqrt(6 / ((1 + 5) * fan_in)), fan_in = in
     n = A.numel()
     assert float(A.abs().max()) <= bound * (1 + 1e-6), (
-        f"lora_A has values up to {float(A.abs().max()):.4g}, beyond the kaiming-uniform(a=sqrt(5)) bound "
+        f"{who} has values up to {float(A.abs().max()):.4g}, beyond the kaiming-uniform(a=sqrt(5)) bound "
         f"1/sqrt(in_features) = {bound:.4g}: use nn.init.kaiming_uniform_(A, a=math.sqrt(5)) on A of shape (r, in_features)"
     )
     # Uniform on [-b, b]: the largest of n >= 16384 draws is within 0.1% of b except with probability e^-16;
     # mean 0 with standard deviation b/sqrt(3n); mean square b^2/3 with standard deviation b^2*sqrt(4/45/n).
+    # The 6-sigma bounds below fail a correct draw with probability about 2e-9.
     assert float(A.abs().max()) >= bound * 0.999, (
-        f"lora_A's values stay within {float(A.abs().max()):.4g}, well inside 1/sqrt(in_features) = {bound:.4g}: "
+        f"{who}'s values stay within {float(A.abs().max()):.4g}, well inside 1/sqrt(in_features) = {bound:.4g}: "
         "is the fan-in wrong (A is (r, in_features)), or is A not uniform?"
     )
-    assert abs(float(A.mean())) <= 6 * bound / math.sqrt(3 * n), f"lora_A's mean is {float(A.mean()):.3g}, not about 0"
+    assert abs(float(A.mean())) <= 6 * bound / math.sqrt(3 * n), f"{who}'s mean is {float(A.mean()):.3g}, not about 0"
     mean_square = float(A.pow(2).mean())
     assert abs(mean_square - bound**2 / 3) <= 6 * bound**2 * math.sqrt(4 / 45 / n), (
-        f"lora_A's mean square is {mean_square:.4g}, a uniform on [-{bound:.4g}, {bound:.4g}] gives {bound**2 / 3:.4g}"
+        f"{who}'s mean square is {mean_square:.4g}; a uniform on [-{bound:.4g}, {bound:.4g}] gives {bound**2 / 3:.4g}"
     )
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("in_features, out_features, r", [(256, 64, 64), (64, 512, 256)], ids=["in256", "in64"])
+def test_initialisation_distribution(impl, in_features, out_features, r):
+    """lora_A is drawn like peft's (kaiming-uniform with a=sqrt(5): uniform within 1/sqrt(in_features)), lora_B is zeros."""
+    linear = nn.Linear(in_features, out_features)
+    theirs = peft_lora(linear, r, 16.0)  # the oracle: its A must pass the same check, and its B is zero too
+    assert_kaiming_uniform(theirs.lora_A["default"].weight, in_features, "peft's lora_A")
+    assert not theirs.lora_B["default"].weight.detach().any(), "peft's lora_B should start at zero"
+    layer = impl.LoRALinear(linear, r=r)
+    assert_close(layer.lora_B.detach(), torch.zeros(out_features, r), what="lora_B at initialisation (zeros, as peft)")
+    assert_kaiming_uniform(layer.lora_A, in_features, "lora_A")
 
 
 @pytest.mark.points(2)
@@ -339,7 +349,7 @@ def test_dropout_only_on_the_lora_path_in_training(impl, device):
     layer.eval()
     random_in_eval = lambda out: not torch.equal(layer(x), layer(x))  # noqa: E731
     mistakes = {"dropout is also active in eval mode: use nn.Dropout (it follows model.eval())": random_in_eval}
-    assert_close(layer(x), truth(linear, Q, torch.eye(n, dtype=torch.float64), x, 1.0), what="LoRALinear(dropout=0.5)(x) in eval mode", mistakes=mistakes)
+    assert_close(layer(x), truth(linear, Q, torch.eye(n, dtype=torch.float64, device=device), x, 1.0), what="LoRALinear(dropout=0.5)(x) in eval mode", mistakes=mistakes)
 
 
 # ---------------------------------------------------------------------------------------------------
