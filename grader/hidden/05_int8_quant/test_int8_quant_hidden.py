@@ -95,12 +95,17 @@ def float_bound(x, w):
 def tie_slack(x, w):
     """Extra difference allowed between two correct int8 products when a tie rounds the other way.
 
-    A q of x one step off changes output (i, j) by at most ax_i/127 * |w_jk|; one of w by aw_j/127 * |x_ik|.
+    A q of x one step off changes output (i, j) by ax_i/127 * aw_j/127 * |qw_jk|, and |qw_jk| is at most
+    |w_jk| * 127/aw_j + 1/2: at most ax_i/127 * (|w_jk| + aw_j/254). The same for a q of w, and both at once.
     """
     x2, w2 = x.double().cpu().reshape(-1, x.shape[-1]), w.double().cpu()
     ax, aw = x2.abs().amax(-1, keepdim=True), w2.abs().amax(-1, keepdim=True)
     tx, tw = rounding_ties(x2, ax).double(), rounding_ties(w2, aw).double()
-    slack = ax / 127 * (tx @ w2.abs().T) + (x2.abs() @ tw.T) * aw.T / 127
+    slack = (
+        ax / 127 * (tx @ (w2.abs() + aw / 254).T)
+        + ((x2.abs() + ax / 254) @ tw.T) * aw.T / 127
+        + (tx @ tw.T) * ax * aw.T / 127**2
+    )
     return slack.reshape(*x.shape[:-1], w.shape[0])
 
 
