@@ -1,0 +1,101 @@
+"""Module 05: int8 quantization, absmax scaling and LLM.int8's outlier decomposition.
+
+Weights and activations are stored as 8-bit integers plus one float scale per row; a matrix product
+then runs on integers and is rescaled once at the end. Large "outlier" features in the activations
+ruin that scale, so LLM.int8 multiplies the few columns that hold them in floating point.
+Conventions follow bitsandbytes (`int8_vectorwise_quant`, `Linear8bitLt`). Read docs/05_int8_quant.md.
+"""
+
+import torch
+from grader import NotImplementedYet
+
+
+def int32_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Exact integer product `a @ b.T` of int8 tensors, accumulated as int32 (given code: use it).
+
+    Args:
+        a: `(..., k)` int8.
+        b: `(n, k)` int8.
+
+    Returns:
+        `(..., n)` int32, exact. Real kernels run this on int8 tensor cores (cuBLASLt, `torch._int_mm`),
+        which need particular shapes and devices. Here the products go through float64 instead: every
+        partial sum is an integer of at most `127 * 127 * k` in absolute value, which float64 holds
+        exactly up to 2**53, so the result is the same integer on every device.
+    """
+    if a.dtype != torch.int8 or b.dtype != torch.int8:
+        raise TypeError(f"int32_matmul multiplies int8 tensors, got {a.dtype} and {b.dtype}")
+    return torch.matmul(a.to(torch.float64), b.to(torch.float64).T).to(torch.int32)
+
+
+def absmax_quantize(x: torch.Tensor, dim: int | None = -1) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric ("absmax") int8 quantization of `x`, one scale per slice along `dim`.
+
+        absmax = max |x| over `dim`                (float32, keepdim)
+        q      = round(x * 127 / absmax)           (int8, in [-127, 127])
+
+    Args:
+        x: any shape, any floating dtype (float32, float16, bfloat16).
+        dim: the dimension to reduce over: `-1` gives one scale per row, as bitsandbytes'
+            `int8_vectorwise_quant`; `None` gives one scale for the whole tensor.
+
+    Returns:
+        `(q, absmax)`: `q` has `x`'s shape and dtype int8; `absmax` is float32, of `x`'s shape with
+        `dim` kept as size 1 (a 0-d tensor when `dim is None`). The arithmetic runs in float32 whatever
+        `x.dtype` is. An all-zero slice has `absmax = 0` and quantizes to zeros, with no NaN on the way
+        (`0 * 127 / 0` is NaN, and what NaN becomes when cast to an integer is undefined).
+    """
+    raise NotImplementedYet("absmax_quantize")
+
+
+def absmax_dequantize(q: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
+    """Undo `absmax_quantize`: `q * absmax / 127`, in float32.
+
+    Args:
+        q: int8, any shape.
+        absmax: float32, broadcastable to `q` (as `absmax_quantize` returns it).
+
+    Returns:
+        float32 tensor of `q`'s shape. Each value is within `absmax / 254` (half a step) of the
+        value that was quantized.
+    """
+    raise NotImplementedYet("absmax_dequantize")
+
+
+def int8_matmul(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """Approximate `x @ w.T` (a linear layer without bias) with an int8 matrix product.
+
+        x ~ qx * ax / 127  (one scale per row of x)
+        w ~ qw * aw / 127  (one scale per output row of w)
+        x @ w.T ~ (qx @ qw.T) * (ax * aw.T) / 127**2
+
+    The integer product `qx @ qw.T` is exact (int32); the scales come out of the sum because each
+    depends only on the row of x or the row of w, never on the summation index.
+
+    Args:
+        x: `(..., in_features)` floating.
+        w: `(out_features, in_features)` floating.
+
+    Returns:
+        `(..., out_features)` in `x.dtype` (as bitsandbytes' `Linear8bitLt` returns it).
+    """
+    raise NotImplementedYet("int8_matmul")
+
+
+def int8_matmul_with_outliers(x: torch.Tensor, w: torch.Tensor, threshold: float = 6.0) -> torch.Tensor:
+    """LLM.int8's mixed-precision decomposition of `x @ w.T`.
+
+    The input features (columns of `x`, the last dimension) that hold at least one value with
+    `|x| >= threshold`, in any row, are multiplied in floating point with the matching columns of
+    `w`; all other columns go through `int8_matmul`. Outliers no longer set the rows' scales, so the
+    int8 part keeps its precision.
+
+    Args:
+        x: `(..., in_features)` floating.
+        w: `(out_features, in_features)` floating.
+        threshold: magnitude from which a value is an outlier (LLM.int8 uses 6.0).
+
+    Returns:
+        `(..., out_features)` in `x.dtype`.
+    """
+    raise NotImplementedYet("int8_matmul_with_outliers")

@@ -1,0 +1,54 @@
+"""Mutants of module 05 (int8 quantization): the mistakes learners make. The hidden suite must reject each one."""
+
+from mutation import Mutant
+
+UPCAST = "x32 = x.to(torch.float32)"
+ABSMAX = "absmax = x32.abs().amax(dim=dim, keepdim=True)"
+SAFE = "safe = torch.where(absmax == 0, torch.ones_like(absmax), absmax)"
+SCALE = "q = torch.round(x32 * (127.0 / safe))"
+CLAMP = "q = q.clamp(-127, 127).to(torch.int8)"
+DEQUANT = "return q.to(torch.float32) * absmax.to(torch.float32) / 127.0"
+RESCALE = "out = acc.to(torch.float32) * (ax * aw.T) / (127.0 * 127.0)"
+OUTLIER_COLS = "outlier_cols = (x.abs() >= threshold).reshape(-1, x.shape[-1]).any(dim=0)"
+REGULAR = "regular = x.masked_fill(outlier_cols, 0)"
+
+MUTANTS = [
+    Mutant("scale_255", "maps absmax to 255 (the uint8 range) and saturates", [(SCALE, "q = torch.round(x32 * (255.0 / safe))")]),
+    Mutant("scale_128_no_clamp", "maps absmax to 128 and does not clamp: 128 wraps around to -128 in int8",
+           [(SCALE, "q = torch.round(x32 * (128.0 / safe))"), (CLAMP, "q = q.to(torch.int8)")]),
+    Mutant("scale_128_clamped", "maps absmax to 128 and clamps to [-128, 127]",
+           [(SCALE, "q = torch.round(x32 * (128.0 / safe))"), (CLAMP, "q = q.clamp(-128, 127).to(torch.int8)")]),
+    Mutant("truncate", "casts to int8 without rounding (truncation toward zero)", [(SCALE, "q = x32 * (127.0 / safe)")]),
+    Mutant("per_tensor_absmax", "one absmax for the whole tensor where one per row (along dim) is asked",
+           [(ABSMAX, "absmax = x32.abs().amax().expand_as(x32.abs().amax(dim=dim, keepdim=True))")]),
+    Mutant("wrong_axis", "reduces over the first dimension instead of dim", [(ABSMAX, "absmax = x32.abs().amax(dim=0, keepdim=True)")]),
+    Mutant("zero_division", "divides all-zero rows by their absmax of 0 (NaN cast to int8)", [(SAFE, "safe = absmax")]),
+    Mutant("no_float32_upcast", "computes in the input dtype: float16 x * 127 overflows, scales come out float16", [(UPCAST, "x32 = x")]),
+    Mutant("scales_in_input_dtype", "returns absmax in the input's dtype instead of float32", [("    return q, absmax\n", "    return q, absmax.to(x.dtype)\n")]),
+    Mutant("q_not_int8", "returns q as rounded floats instead of int8", [(CLAMP, "q = q.clamp(-127, 127)")]),
+    Mutant("dequant_divides", "dequantizes with q / absmax * 127 (the scale upside down)",
+           [(DEQUANT, "return q.to(torch.float32) / absmax.to(torch.float32) * 127.0")]),
+    Mutant("rescale_127_once", "rescales the int32 product by 127 instead of 127 * 127", [(RESCALE, "out = acc.to(torch.float32) * (ax * aw.T) / 127.0")]),
+    Mutant("matmul_per_tensor_x", "quantizes x with one scale for the whole tensor", [("qx, ax = absmax_quantize(x, dim=-1)", "qx, ax = absmax_quantize(x, dim=None)")]),
+    Mutant("threshold_strict", "treats only |x| > threshold as an outlier (bitsandbytes uses >=)", [(OUTLIER_COLS, OUTLIER_COLS.replace(">=", ">"))]),
+    Mutant("outliers_elementwise", "takes out only the outlier values, not their whole columns",
+           [(REGULAR, "regular = x.masked_fill(x.abs() >= threshold, 0)"),
+            ("    if outlier_cols.any():\n        out = out + x[..., outlier_cols] @ w[:, outlier_cols].to(x.dtype).T",
+             "    if outlier_cols.any():\n        out = out + (x - regular) @ w.to(x.dtype).T")]),
+    Mutant("outlier_rows", "looks for outliers along the wrong axis (rows instead of columns)", [(OUTLIER_COLS, "outlier_cols = (x.abs() >= threshold).reshape(-1, x.shape[-1]).any(dim=1)")]),
+    Mutant("outliers_counted_twice", "feeds the whole x (outlier columns included) to int8_matmul and adds the float part too",
+           [("out = int8_matmul(regular, w)", "out = int8_matmul(x, w)")]),
+    Mutant("threshold_fixed_6", "ignores the threshold argument and always uses 6.0", [(OUTLIER_COLS, OUTLIER_COLS.replace("threshold", "6.0"))]),
+]
+
+ALTERNATIVES = [
+    Mutant("no_clamp", "does not clamp, as bitsandbytes: |x| <= absmax already keeps round(x * 127 / absmax) in [-127, 127]",
+           [(CLAMP, "q = q.to(torch.int8)")]),
+    Mutant("nan_to_num_guard", "divides by the absmax and replaces the NaN of all-zero rows before the int8 cast",
+           [(SAFE, "safe = absmax"), (SCALE, "q = torch.nan_to_num(torch.round(x32 * 127.0 / safe), nan=0.0)")]),
+    Mutant("subtract_regular", "gets the outlier part as (x - regular) @ w.T, which is zero outside the outlier columns",
+           [("    if outlier_cols.any():\n        out = out + x[..., outlier_cols] @ w[:, outlier_cols].to(x.dtype).T",
+             "    out = out + (x - regular) @ w.to(x.dtype).T")]),
+    Mutant("amax_columns", "finds the outlier columns from the column-wise max of |x|",
+           [(OUTLIER_COLS, "outlier_cols = x.abs().reshape(-1, x.shape[-1]).amax(dim=0) >= threshold")]),
+]
