@@ -115,9 +115,10 @@ def preference_logps(batch, device, dtype=torch.float32, exact=True):
     return [v.to(device=device, dtype=dtype) for v in values]
 
 
-def tiny_llama(device):
+def tiny_llama(device, layers=2):
+    """A LlamaForCausalLM with random weights, built from a config (nothing is downloaded)."""
     config = LlamaConfig(
-        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        vocab_size=VOCAB, hidden_size=32, intermediate_size=64, num_hidden_layers=layers, num_attention_heads=4,
         num_key_value_heads=2, max_position_embeddings=64, attn_implementation="eager",
     )
     return LlamaForCausalLM(config).to(device)
@@ -287,6 +288,28 @@ def test_label_smoothing(impl, device, label_smoothing):
     losses, _, _ = impl.dpo_loss(pc, pr, rc, rr, beta=0.3, label_smoothing=label_smoothing)
     assert_close(losses, loss_truth(pc, pr, rc, rr, 0.3, label_smoothing), what=f"the sigmoid loss with label_smoothing={label_smoothing}",
                  dtype=torch.float32, mistakes=loss_mistakes(pc, pr, rc, rr, 0.3, label_smoothing))
+    # cDPO: binary cross-entropy of sigmoid(beta * logits) against the soft target 1 - label_smoothing.
+    logits = ((pc - pr) - (rc - rr)).double()
+    soft_target = torch.full_like(logits, 1 - label_smoothing)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits(0.3 * logits, soft_target, reduction="none")
+    assert_close(losses, bce, what=f"the sigmoid loss with label_smoothing={label_smoothing} against BCE with target 1 - label_smoothing",
+                 dtype=torch.float32)
+
+
+@pytest.mark.points(2)
+@pytest.mark.parametrize("beta", [0.1, 1.0])
+def test_sigmoid_loss_is_the_papers_bradley_terry_likelihood(impl, device, beta):
+    """The sigmoid loss is the DPO paper's -log sigmoid(reward_chosen - reward_rejected), with the rewards it returns."""
+    pc, pr, rc, rr = preference_logps(12, device)
+    losses, chosen_rewards, rejected_rewards = impl.dpo_loss(pc, pr, rc, rr, beta=beta)
+    # arXiv:2305.18290, eq. 7, written per answer: r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)).
+    r_chosen, r_rejected = beta * (pc.double() - rc.double()), beta * (pr.double() - rr.double())
+    paper = -torch.log(torch.sigmoid(r_chosen - r_rejected))  # float64: no underflow for these margins
+    assert_close(losses, paper, what=f"dpo_loss(..., beta={beta}) against the paper's -log sigmoid(r_chosen - r_rejected)", dtype=torch.float32,
+                 mistakes=loss_mistakes(pc, pr, rc, rr, beta))
+    from_rewards = torch.nn.functional.softplus(-(chosen_rewards.double() - rejected_rewards.double()))
+    assert_close(losses, from_rewards, what="the loss against -logsigmoid(chosen_rewards - rejected_rewards) of the rewards it returns", dtype=torch.float32,
+                 mistakes={"chosen and rejected rewards are swapped": torch.nn.functional.softplus(chosen_rewards.double() - rejected_rewards.double())})
 
 
 @pytest.mark.points(1)
@@ -398,7 +421,7 @@ def test_bad_arguments_raise_value_error(impl, kwargs):
 @pytest.mark.points(4)
 def test_a_few_dpo_steps_widen_the_margin(impl, device):
     """A few Adam steps of a tiny Llama with sequence_logps + dpo_loss raise chosen over rejected against a frozen reference."""
-    policy = tiny_llama(device).train()
+    policy = tiny_llama(device, layers=1).train()
     reference = copy.deepcopy(policy).eval().requires_grad_(False)
     pairs, prompt, answer = 6, 4, 5
     prompts = torch.randint(1, VOCAB, (pairs, prompt))
@@ -412,6 +435,7 @@ def test_a_few_dpo_steps_widen_the_margin(impl, device):
         return ids, labels
 
     (chosen_ids, chosen_labels), (rejected_ids, rejected_labels) = batch(chosen), batch(rejected)
+    steps = 4  # with lr 1e-2 the correct loss gives margins of about 8 nats after 4 steps, the minimum over pairs above 5
 
     def margins():
         """(policy - reference) log-ratio gap of chosen over rejected, measured with the test's own float64 sum."""
@@ -422,7 +446,7 @@ def test_a_few_dpo_steps_widen_the_margin(impl, device):
     before = margins()
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
     losses_seen = []
-    for _ in range(8):
+    for _ in range(steps):
         policy_chosen = impl.sequence_logps(policy(input_ids=chosen_ids).logits, chosen_labels)
         policy_rejected = impl.sequence_logps(policy(input_ids=rejected_ids).logits, rejected_labels)
         with torch.no_grad():
@@ -438,7 +462,7 @@ def test_a_few_dpo_steps_widen_the_margin(impl, device):
     assert torch.allclose(before, torch.zeros_like(before), atol=1e-4), "the policy and its reference copy should start equal"
     assert abs(losses_seen[0] - math.log(2)) < 1e-3, f"the first DPO loss (policy == reference) should be log 2 = 0.693, got {losses_seen[0]:.4f}"
     assert float(after.mean()) > 2.0 and bool((after > 0).all()), (
-        f"after 8 DPO steps the chosen-over-rejected margin against the reference should have grown; got margins {after.tolist()} "
+        f"after {steps} DPO steps the chosen-over-rejected margin against the reference should have grown; got margins {after.tolist()} "
         "(a negative margin means the loss pushes the wrong way: check the sign of logits)"
     )
-    assert losses_seen[-1] < losses_seen[0], f"the DPO loss did not fall over 8 steps: {losses_seen}"
+    assert losses_seen[-1] < losses_seen[0], f"the DPO loss did not fall over {steps} steps: {losses_seen}"
