@@ -1,0 +1,85 @@
+"""Mutants of module 07 (the DPO loss): the mistakes learners make. The hidden suite must reject each one."""
+
+from mutation import Mutant
+
+SHIFT = "    logits = logits[:, :-1, :]  # position t predicts token t + 1\n    labels = labels[:, 1:]\n"
+SUM = "    return (token_logps * mask).sum(dim=-1)"
+MASK = "    mask = labels != ignore_index  # (batch, T - 1)"
+LOGITS = "    logits = policy_logratios - reference_logratios"
+SIGMOID = "        losses = -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing"
+CHOSEN_REWARDS = "    chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps).detach()"
+REJECTED_REWARDS = "    rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps).detach()"
+
+MUTANTS = [
+    # sequence_logps
+    Mutant("no_shift", "forgets the one-token shift: logits[:, t] scores labels[:, t]",
+           [(SHIFT, "")]),
+    Mutant("shift_labels_only_wrong_way", "shifts both by dropping the first logit and the first label (no relative shift)",
+           [(SHIFT, "    logits = logits[:, 1:, :]\n    labels = labels[:, 1:]\n")]),
+    Mutant("mean_over_tokens", "averages the token log-probabilities instead of summing them",
+           [(SUM, "    return (token_logps * mask).sum(dim=-1) / mask.sum(dim=-1).clamp(min=1)")]),
+    Mutant("ignore_index_not_masked", "gathers at ignored positions and sums everything (counts the prompt and padding)",
+           [(SUM, "    return token_logps.sum(dim=-1)")]),
+    Mutant("hardcoded_minus_100", "masks -100 whatever ignore_index says",
+           [(MASK, "    mask = labels != -100")]),
+    Mutant("log_softmax_wrong_dim", "normalises over the sequence instead of the vocabulary",
+           [("    log_probs = logits.log_softmax(dim=-1)", "    log_probs = logits.log_softmax(dim=1)")]),
+    Mutant("probabilities_not_logs", "sums softmax probabilities instead of log-probabilities",
+           [("    log_probs = logits.log_softmax(dim=-1)", "    log_probs = logits.softmax(dim=-1)")]),
+    # dpo_loss
+    Mutant("margin_sign_swapped", "subtracts the policy log-ratio from the reference's (the loss pushes the wrong way)",
+           [(LOGITS, "    logits = reference_logratios - policy_logratios")]),
+    Mutant("reference_forgotten", "leaves the reference log-ratio out of the margin",
+           [(LOGITS, "    logits = policy_logratios")]),
+    Mutant("beta_outside_logsigmoid", "multiplies the loss by beta instead of the margin inside the sigmoid",
+           [(SIGMOID, "        losses = -beta * F.logsigmoid(logits) * (1 - label_smoothing) - beta * F.logsigmoid(-logits) * label_smoothing")]),
+    Mutant("unstable_log_sigmoid", "computes -log(sigmoid(x)), which is inf once sigmoid underflows",
+           [(SIGMOID, "        losses = -torch.log(torch.sigmoid(beta * logits)) * (1 - label_smoothing) - torch.log(torch.sigmoid(-beta * logits)) * label_smoothing")]),
+    Mutant("label_smoothing_swapped", "weights the label by label_smoothing and the flipped label by 1 - label_smoothing",
+           [(SIGMOID, "        losses = -F.logsigmoid(beta * logits) * label_smoothing - F.logsigmoid(-beta * logits) * (1 - label_smoothing)")]),
+    Mutant("label_smoothing_ignored", "drops the flipped-label term",
+           [(SIGMOID, "        losses = -F.logsigmoid(beta * logits)")]),
+    Mutant("ipo_target_beta", "regresses IPO's margin onto beta instead of 1 / (2 beta)",
+           [("        losses = (logits - 1 / (2 * beta)) ** 2", "        losses = (logits - beta) ** 2")]),
+    Mutant("hinge_without_beta", "forgets beta in the hinge",
+           [("        losses = torch.relu(1 - beta * logits)", "        losses = torch.relu(1 - logits)")]),
+    Mutant("rewards_not_detached", "returns rewards that still carry the graph",
+           [(CHOSEN_REWARDS, "    chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps)"),
+            (REJECTED_REWARDS, "    rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps)")]),
+    Mutant("rewards_without_beta", "returns the log-ratios without beta as rewards",
+           [(CHOSEN_REWARDS, "    chosen_rewards = (policy_chosen_logps - reference_chosen_logps).detach()"),
+            (REJECTED_REWARDS, "    rejected_rewards = (policy_rejected_logps - reference_rejected_logps).detach()")]),
+    Mutant("detached_the_wrong_side", "meaning to keep gradients out of the reference, detaches the policy log-ratio (the loss trains nothing)",
+           [(LOGITS, "    logits = policy_logratios.detach() - reference_logratios")]),
+    Mutant("reference_from_policy", "uses the policy's own detached log-probs as the reference (the margin is always 0)",
+           [("    reference_logratios = reference_chosen_logps - reference_rejected_logps",
+             "    reference_logratios = (policy_chosen_logps - policy_rejected_logps).detach()")]),
+    Mutant("beta_zero_allowed", "accepts beta = 0 (checks beta < 0)",
+           [("    if beta <= 0:", "    if beta < 0:")]),
+    Mutant("label_smoothing_unchecked", "accepts any label_smoothing",
+           [("    if not 0.0 <= label_smoothing <= 0.5:", "    if False:")]),
+    Mutant("unknown_loss_type_is_hinge", "falls back to the hinge for an unknown loss_type",
+           [("    if loss_type not in LOSS_TYPES:", "    if False:")]),
+]
+
+ALTERNATIVES = [
+    Mutant("cross_entropy", "sequence_logps as minus the per-token cross-entropy with ignore_index",
+           [("    mask = labels != ignore_index  # (batch, T - 1)\n"
+             "    safe_labels = labels.masked_fill(~mask, 0)  # ignore_index may not be a valid index for gather\n"
+             "    log_probs = logits.log_softmax(dim=-1)  # (batch, T - 1, vocab)\n"
+             "    token_logps = log_probs.gather(dim=-1, index=safe_labels.unsqueeze(-1)).squeeze(-1)  # (batch, T - 1)\n"
+             "    return (token_logps * mask).sum(dim=-1)",
+             "    nll = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=ignore_index, reduction='none')  # (batch, T - 1)\n"
+             "    return -nll.sum(dim=-1)")]),
+    Mutant("where_mask", "masks with torch.where and gathers from logits minus logsumexp",
+           [("    log_probs = logits.log_softmax(dim=-1)  # (batch, T - 1, vocab)\n"
+             "    token_logps = log_probs.gather(dim=-1, index=safe_labels.unsqueeze(-1)).squeeze(-1)  # (batch, T - 1)\n"
+             "    return (token_logps * mask).sum(dim=-1)",
+             "    picked = logits.gather(-1, safe_labels.unsqueeze(-1)).squeeze(-1) - logits.logsumexp(dim=-1)\n"
+             "    return torch.where(mask, picked, torch.zeros_like(picked)).sum(dim=-1)")]),
+    Mutant("softplus_and_rewards_first", "rewards first, the sigmoid loss as softplus of their difference, the hinge with clamp",
+           [(SIGMOID,
+             "        margin = beta * (policy_chosen_logps - reference_chosen_logps) - beta * (policy_rejected_logps - reference_rejected_logps)\n"
+             "        losses = (1 - label_smoothing) * F.softplus(-margin) + label_smoothing * F.softplus(margin)"),
+            ("        losses = torch.relu(1 - beta * logits)", "        losses = (1 - beta * logits).clamp(min=0)")]),
+]
