@@ -32,7 +32,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("llmlab", "LLM Lab")
     group.addoption(
         "--impl",
-        default="exercises",
+        default=None,
         metavar="ROOT",
         help="folder of the implementation under test: exercises (default), solutions, or a submission laid out like exercises/",
     )
@@ -57,6 +57,8 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "points(n): grading weight of a test function, shared by its parametrized cases"
     )
     config.addinivalue_line("markers", "cuda: needs a CUDA device")
+    if config.getoption("impl") is not None:
+        impl_root(config)  # a wrong --impl stops the run at once, with a usage error
 
 
 # --------------------------------------------------------------------------------------------------
@@ -65,7 +67,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def impl_root(config: pytest.Config) -> Path:
     """The folder given by --impl, looked up from the working directory, then from the rootdir."""
-    value = Path(config.getoption("impl"))
+    value = Path(config.getoption("impl") or "exercises")
     for candidate in (value, config.rootpath / value):
         if candidate.is_dir():
             return candidate.resolve()
