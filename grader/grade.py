@@ -43,6 +43,8 @@ from grader.sandbox import UID_BASE, Isolation, Sandbox, detect_isolation, has_h
 LEARNER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
 MAX_FILE_BYTES = 1 << 20
 MAX_ENTRIES = 10_000
+MAX_ZIP_BYTES = 50 << 20  # a zip larger than this, or that unpacks to more than MAX_UNPACKED_BYTES, is rejected
+MAX_UNPACKED_BYTES = 200 << 20
 RECORD = "record.json"
 
 
@@ -122,10 +124,11 @@ class Submission:
     path: Path
     files: dict[str, bytes] = field(default_factory=dict)  # "01_rmsnorm/rmsnorm.py" -> content
     ignored: list[str] = field(default_factory=list)  # "conftest.py (not a module file)"
+    rejected: str = ""  # why the whole submission was refused (not a zip, unsafe paths, too large)
 
     @property
     def sha256(self) -> str:
-        digest = hashlib.sha256()
+        digest = hashlib.sha256(self.rejected.encode())
         for name, data in sorted(self.files.items()):
             digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
         return digest.hexdigest()
@@ -177,20 +180,55 @@ def _entries(path: Path):
             if info.is_dir():
                 continue
             is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-            yield info.filename, (-1 if is_link else info.file_size), (None if is_link else functools_partial(archive.read, info))
+            yield info.filename, (-1 if is_link else info.file_size), (None if is_link else _member_reader(path, info))
 
 
-def functools_partial(function, *args):
-    return lambda: function(*args)
+def _member_reader(path: Path, info: zipfile.ZipInfo):
+    """Read one member later (the archive is opened again: the listing's handle is closed by then)."""
+    def read() -> bytes:
+        with zipfile.ZipFile(path) as archive, archive.open(info) as member:
+            data = member.read(MAX_FILE_BYTES + 1)
+        if len(data) > MAX_FILE_BYTES:
+            raise ValueError(f"larger than {MAX_FILE_BYTES >> 20} MB once unpacked")
+        return data
+
+    return read
+
+
+def _zip_problem(path: Path) -> str:
+    """Why a zip cannot be graded safely ("" when it can): not a zip, too large, unsafe names."""
+    if path.stat().st_size > MAX_ZIP_BYTES:
+        return f"{path.name} is larger than {MAX_ZIP_BYTES >> 20} MB"
+    if not zipfile.is_zipfile(path):
+        return f"{path.name} is not a zip file (or it is damaged): submit a .zip of your exercises folder"
+    try:
+        with zipfile.ZipFile(path) as archive:
+            infos = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError) as error:
+        return f"{path.name} could not be read as a zip ({error})"
+    for info in infos:
+        name = info.filename.replace("\\", "/")
+        if name.startswith("/") or ".." in name.split("/") or (len(name) > 1 and name[1] == ":"):
+            return f"{path.name} holds an unsafe path ({info.filename!r}: absolute or with '..'): it was not unpacked"
+    if len(infos) > MAX_ENTRIES:
+        return f"{path.name} holds {len(infos)} files (at most {MAX_ENTRIES})"
+    unpacked = sum(info.file_size for info in infos)
+    if unpacked > MAX_UNPACKED_BYTES:
+        return f"{path.name} unpacks to {unpacked >> 20} MB (at most {MAX_UNPACKED_BYTES >> 20} MB)"
+    return ""
 
 
 def read_submission(learner: str, path: Path) -> Submission:
     """Keep the course's module files (`NN_name/<file>`, or a bare `<file>`), report everything else."""
     submission = Submission(learner, Path(path))
+    if Path(path).is_file():
+        submission.rejected = _zip_problem(Path(path))
+        if submission.rejected:
+            return submission
     try:
         entries = list(_entries(Path(path)))
-    except (zipfile.BadZipFile, OSError) as error:
-        submission.ignored.append(f"{Path(path).name}: could not be read ({error})")
+    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError) as error:
+        submission.rejected = f"{Path(path).name} could not be read ({error})"
         return submission
     names = [name for name, _, _ in entries]
     # a single top folder (alice/01_rmsnorm/..., exercises/01_rmsnorm/...) is unwrapped
@@ -219,7 +257,10 @@ def read_submission(learner: str, path: Path) -> Submission:
         elif f"{module.name}/{module.file}" in submission.files:
             submission.ignored.append(f"{relative} (a second copy of {module.name}/{module.file})")
         else:
-            submission.files[f"{module.name}/{module.file}"] = read()
+            try:
+                submission.files[f"{module.name}/{module.file}"] = read()
+            except (zipfile.BadZipFile, OSError, RuntimeError, ValueError) as error:  # a damaged or encrypted member
+                submission.ignored.append(f"{relative} (could not be read: {error})")
     return submission
 
 
@@ -264,6 +305,7 @@ class Record:
     isolation: str
     seconds: float
     worker_error: str = ""
+    rejected: str = ""
 
     def module_points(self, module: str) -> float:
         return round(sum(t.points for t in self.tests if t.module == module), 4)
@@ -295,6 +337,7 @@ def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None,
         "load": f"Your code could not be loaded, so this test could not run:\n  {text}\n"
                 f"  Next step: fix the file so that `python {file}` runs without error.",
         "missing": f"There is no {file} in your submission: the tests of {module.name} need it.",
+        "rejected": f"Your submission was not graded: {text}.",
         "timeout": f"This test was stopped after {options.timeout:g} s: an infinite loop, or code much slower than needed?",
         "exited": f"{text}: your code crashed, called exit, or used more memory or processes than allowed "
                   f"({options.memory_mb} MB).",
@@ -339,6 +382,8 @@ def gradescope_results(record: Record) -> dict:
         for t in record.tests
     ]
     output = f"{record.total:g} / {record.max_total:g} points."
+    if record.rejected:
+        output = f"Your submission was not graded: {record.rejected}.\n" + output
     if record.ignored:
         output += "\nIgnored files (only the module files are graded): " + ", ".join(record.ignored)
     return {"score": record.total, "execution_time": round(record.seconds, 1), "output": output, "tests": tests}
@@ -346,6 +391,8 @@ def gradescope_results(record: Record) -> dict:
 
 def feedback_markdown(record: Record) -> str:
     lines = [f"# Feedback for {record.learner}", "", f"**{record.total:g} / {record.max_total:g} points**", ""]
+    if record.rejected:
+        lines += [f"Your submission was not graded: {record.rejected}.", ""]
     lines += ["| module | points |", "| --- | --- |"]
     lines += [f"| {m} | {record.module_points(m):g} / {record.module_max(m):g} |" for m in record.modules]
     for module in record.modules:
@@ -481,7 +528,9 @@ def grade_submission(submission: Submission, expected: list[ExpectedTest], optio
     tests = []
     for test in expected:
         module = get_module(test.module)
-        if module not in present:
+        if submission.rejected:
+            got = {"outcome": "error", "kind": "rejected", "text": submission.rejected}
+        elif module not in present:
             got = {"outcome": "error", "kind": "missing", "text": ""}
         elif test.module in loads:
             got = loads[test.module]
@@ -504,6 +553,7 @@ def grade_submission(submission: Submission, expected: list[ExpectedTest], optio
         isolation=isolation.describe(),
         seconds=round(time.monotonic() - start, 2),
         worker_error=error,
+        rejected=submission.rejected,
     )
 
 
@@ -527,8 +577,9 @@ def write_class(out: Path, records: list[Record], modules: list[Module]) -> None
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["learner", *names, "total", "max_total", "review"])
     for r in sorted(records, key=lambda r: r.learner):
+        notes = ([f"rejected: {r.rejected}"] if r.rejected else []) + r.review
         writer.writerow([r.learner, *(f"{r.module_points(n):g}" for n in names), f"{r.total:g}", f"{r.max_total:g}",
-                         "; ".join(r.review)])
+                         "; ".join(notes)])
     _atomic_write(out / "gradebook.csv", buffer.getvalue())
     grades = []
     for r in sorted(records, key=lambda r: r.learner):
@@ -603,7 +654,7 @@ def summary_table(records: list[Record], modules: list[Module]) -> str:
     rows = []
     for r in sorted(records, key=lambda r: r.learner):
         rows.append([r.learner, *(f"{r.module_points(n):g}/{r.module_max(n):g}" for n in names),
-                     f"{r.total:g}/{r.max_total:g}", f"{r.seconds:.1f}s", f"{len(r.review)} flag(s)" if r.review else ""])
+                     f"{r.total:g}/{r.max_total:g}", f"{r.seconds:.1f}s", "rejected" if r.rejected else f"{len(r.review)} flag(s)" if r.review else ""])
     widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*row) for row in rows]
@@ -619,6 +670,9 @@ def summary_table(records: list[Record], modules: list[Module]) -> str:
         lines.append("not full marks, by module: " + "; ".join(failures))
         slowest = max(records, key=lambda r: r.seconds)
         lines.append(f"slowest submission: {slowest.learner} ({slowest.seconds:.1f}s)")
+        for r in sorted(records, key=lambda r: r.learner):
+            if r.rejected:
+                lines.append(f"rejected: {r.learner}: {r.rejected}")
         flagged = [r.learner for r in records if r.review]
         if flagged:
             lines.append(f"flagged for review (see gradebook.csv): {', '.join(sorted(flagged))}")

@@ -85,7 +85,8 @@ def build(target: Path, timeout: float = 30.0, memory_mb: int = 2048, seed: int 
 
 def run(root: Path | None = None) -> int:
     """Grade `ROOT/submission` into `ROOT/results/results.json` (ROOT defaults to /autograder)."""
-    from grader.grade import Options, grade_class, graded_modules, load_record
+    from grader.grade import (Options, _atomic_write, collect_expected, grade_submission, graded_modules,
+                              read_submission, write_learner)
 
     root = Path(root or "/autograder")
     config_path = root / "source" / CONFIG
@@ -93,17 +94,13 @@ def run(root: Path | None = None) -> int:
     results = root / "results" / "results.json"
     results.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as folder:
-        staged = Path(folder) / "submission"  # the learner's id is not known here: one submission, one name
-        shutil.copytree(root / "submission", staged, symlinks=True)
         out = Path(folder) / "grades"
         options = Options(out=out, modules=graded_modules(), timeout=float(config.get("timeout", 30.0)),
                           memory_mb=int(config.get("memory_mb", 2048)), seed=int(config.get("seed", 0)), force=True)
-        grade_class(staged, options, progress=False)
-        record = load_record(out, "submission")
-        if record is None:
-            results.write_text(json.dumps({"score": 0, "output": "The autograder could not grade this submission.",
-                                           "tests": []}))
-            return 1
-        shutil.copyfile(out / "submission" / "results.json", results)
+        # Gradescope unpacks the upload into submission/ (a zip of exercises/ arrives as its files)
+        submission = read_submission("submission", root / "submission")
+        record = grade_submission(submission, collect_expected(options.modules), options)
+        write_learner(out, record)
+        _atomic_write(results, (out / "submission" / "results.json").read_text())
         print(f"{record.total:g} / {record.max_total:g} points", file=sys.stderr)
     return 0

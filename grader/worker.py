@@ -50,6 +50,42 @@ def _hide_paths(paths: list[str]) -> list[str]:
     return hidden
 
 
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+
+
+def _libc_mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> bool:
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    encode = lambda v: None if v is None else v.encode()  # noqa: E731
+    return libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)) == 0
+
+
+def _private_shared_folders(keep: str) -> list[str]:
+    """Give the namespace its own empty /tmp, /var/tmp, /dev/shm, /run/lock, so that nothing the learner's
+    code writes there reaches the host; the sandbox folder (often under /tmp) is bound back in place."""
+    ms_bind, ms_rec = 4096, 16384
+    done = []
+    for folder in SHARED_WRITABLE:
+        if not os.path.isdir(folder) or os.path.islink(folder):
+            continue
+        inside = keep == folder or keep.startswith(folder.rstrip("/") + "/")
+        fd = os.open(keep, os.O_RDONLY | os.O_DIRECTORY) if inside else -1
+        try:
+            if not _libc_mount("llmlab-tmp", folder, "tmpfs", 0, "size=256m,mode=1777"):
+                continue
+            if inside:
+                os.makedirs(keep, exist_ok=True)
+                if not _libc_mount(f"/proc/self/fd/{fd}", keep, None, ms_bind | ms_rec, None):
+                    raise RuntimeError(f"could not bind the sandbox {keep} back after hiding {folder}")
+            done.append(folder)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return done
+
+
 def _loopback_up() -> None:
     """A fresh network namespace has its loopback down; local tests (torch.distributed) need it up."""
     import fcntl
@@ -385,7 +421,9 @@ def main() -> int:
     sys.stdin.close()
     result_fd = int(config["result_fd"])
     os.set_inheritable(result_fd, False)
-    hidden = _hide_paths(config.get("hide", [])) if config.get("mount_ns") else []
+    hidden = []
+    if config.get("mount_ns"):
+        hidden = _private_shared_folders(config["root"]) + _hide_paths(config.get("hide", []))
     if config.get("net_ns"):
         _loopback_up()
     import torch  # noqa: F401 - import the heavy libraries once, before forking
