@@ -30,6 +30,8 @@ SUSPICIOUS_IMPORTS = {
     "threading": "starts threads",
 }
 
+STUB_IMPORT = re.compile(r"^from grader(?:\.errors)? import NotImplementedYet[ \t]*$", re.M)
+
 PATTERNS = [
     (r"\bsys\s*\.\s*modules\b", "reads or edits sys.modules"),
     (r"\b_getframe\b|\bf_back\b|\bf_locals\b|\bf_globals\b|\btb_frame\b", "walks stack frames"),
@@ -52,6 +54,7 @@ def audit_source(source: str, filename: str = "<submission>") -> list[str]:
         if reason not in flags:
             flags.append(reason)
 
+    source = STUB_IMPORT.sub("", source)  # the stubs' own import of NotImplementedYet is expected
     try:
         tree = ast.parse(source, filename)
     except SyntaxError:

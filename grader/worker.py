@@ -262,6 +262,8 @@ class Zygote:
                 raise ValueError
             return message
         except ValueError:
+            if buffer.strip():  # something else wrote on the child's result pipe: the learner's code
+                return {"outcome": "error", "kind": "tamper", "text": "a result the grader's test process did not write"}
             return {"outcome": "error", "kind": "exited", "text": _describe_status(status)}
 
     def _reap(self, pid: int) -> int:

@@ -81,14 +81,16 @@ for _module in list(_sys.modules.values()):
     # leaves sleeping processes behind at import, until the process limit stops it
     "spawner": REFERENCE + '''
 import os as _os, time as _time
-for _ in range(100):
-    try:
-        _pid = _os.fork()
-    except OSError:
-        break
-    if _pid == 0:
-        _time.sleep(600)
-        _os._exit(0)
+if not _os.path.exists("spawned"):  # once per submission (its working folder lives across its tests)
+    open("spawned", "w").close()
+    for _ in range(100):
+        try:
+            _pid = _os.fork()
+        except OSError:
+            break
+        if _pid == 0:
+            _time.sleep(600)
+            _os._exit(0)
 ''',
     # the reference, plus: writes outside its folder, deletes its folders, prints megabytes
     "vandal": REFERENCE + f'''
@@ -241,7 +243,7 @@ def test_feedback_never_shows_hidden_tests_or_bulk_values(graded):
 
 def test_forged_result_lines_and_files_give_no_points(graded):
     record = _record(graded["out"], "forger")
-    assert record.total == 0
+    assert record.total == 0 and {t.kind for t in record.tests} == {"tamper"}
     assert not list(graded["class"].rglob("results.json")) and not (graded["base"] / "results.json").exists()
     assert (graded["out"] / "forger" / "results.json").read_text().count('"score": 1000') == 0
 
@@ -250,8 +252,7 @@ def test_tampering_with_pytest_or_the_checks_gives_no_points(graded):
     record = _record(graded["out"], "tamper")
     assert record.total == 0
     assert any(t.kind == "tamper" for t in record.tests)
-    assert record.review  # flagged for the instructor
-    assert "tamper" in _gradebook(graded["out"])["tamper"]["review"] or _gradebook(graded["out"])["tamper"]["review"]
+    assert record.review and _gradebook(graded["out"])["tamper"]["review"]  # flagged for the instructor
 
 
 def test_exit_memory_and_processes_are_contained(graded):
@@ -291,7 +292,7 @@ def test_a_zip_too_large_once_unpacked_is_rejected(tmp_path, monkeypatch):
 
 
 def test_audit_flags_tricks_without_failing_honest_code():
-    assert audit_source(REFERENCE) == []
+    assert audit_source(REFERENCE) == [] and audit_source(STUB) == []
     for source, reason in [
         ("import _pytest.runner", "pytest internals"),
         ("import gc\ngc.get_objects()", "gc"),
