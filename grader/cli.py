@@ -62,6 +62,36 @@ def _nbgrader(args: argparse.Namespace) -> int:
     return 0
 
 
+def _grade(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from grader.grade import Options, class_seed, grade_class, graded_modules, summary_table
+
+    modules = graded_modules([m for m in args.modules.split(",") if m] if args.modules else None)
+    if not modules:
+        print("no module has a hidden suite (grader/hidden/NN_name/) to grade with", file=sys.stderr)
+        return 2
+    out = Path(args.out)
+    options = Options(out=out, modules=modules, jobs=args.jobs, timeout=args.timeout, memory_mb=args.memory,
+                      force=args.force, seed=class_seed(out, args.seed))
+    records = grade_class(Path(args.path), options, progress=not args.quiet)
+    print(summary_table(records, modules))
+    print(f"\nwrote {out}/gradebook.csv, {out}/grades.json and {out}/<learner>/{{results.json,feedback.md}}")
+    return 0
+
+
+def _gradescope(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from grader import gradescope
+
+    if args.action == "build":
+        path = gradescope.build(Path(args.target), timeout=args.timeout, memory_mb=args.memory)
+        print(f"wrote {path}: upload it as the assignment's autograder (Gradescope runs setup.sh, then run_autograder)")
+        return 0
+    return gradescope.run(Path(args.target) if args.target else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="llmlab", description="LLM Lab: build the pieces of an LLM, graded by pytest.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -94,6 +124,25 @@ def build_parser() -> argparse.ArgumentParser:
     nbgrader = commands.add_parser("nbgrader", help="build an nbgrader course: one notebook per module (instructors)")
     nbgrader.add_argument("out", help="a new folder: the nbgrader course root")
     nbgrader.set_defaults(run=_nbgrader)
+
+    grade = commands.add_parser("grade", help="grade submissions with the hidden suites, each in a sandbox (instructors)")
+    grade.add_argument("path", help="one submission (a folder laid out like exercises/, or a .zip of one) or a folder of them, named by learner id")
+    grade.add_argument("--out", required=True, help="folder for gradebook.csv, grades.json and one folder per learner")
+    grade.add_argument("--modules", default="", help="comma-separated modules to grade (default: every module with a hidden suite)")
+    grade.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel (default 1)")
+    grade.add_argument("--timeout", type=float, default=10.0, help="seconds each test may take (default 10)")
+    grade.add_argument("--memory", type=int, default=2048, help="MB of memory each test may allocate (default 2048)")
+    grade.add_argument("--force", action="store_true", help="grade again learners already graded in --out")
+    grade.add_argument("--seed", type=int, default=None, help="base seed of the hidden inputs (default: a secret one kept in OUT/.seed)")
+    grade.add_argument("--quiet", action="store_true", help="no progress bar")
+    grade.set_defaults(run=_grade)
+
+    scope = commands.add_parser("gradescope", help="the Gradescope autograder bundle (instructors)")
+    scope.add_argument("action", choices=["build", "run"], help="build: write the bundle zip; run: what run_autograder calls")
+    scope.add_argument("target", nargs="?", default=None, help="build: OUT.zip; run: the autograder root (default /autograder)")
+    scope.add_argument("--timeout", type=float, default=30.0, help="build: seconds each test may take on Gradescope (default 30)")
+    scope.add_argument("--memory", type=int, default=2048, help="build: MB each test may allocate (default 2048)")
+    scope.set_defaults(run=_gradescope)
     return parser
 
 

@@ -1,0 +1,456 @@
+"""The grading worker: runs inside a sandbox folder, one per submission, started by `grader.grade`.
+
+    python -m grader.worker          (configuration as one JSON line on stdin, never in argv or env)
+
+It is a *zygote*: it imports torch, pytest and the hidden suites, collects the tests (the learner's code
+is loaded lazily by the `impl` fixture, so none of it runs here), then forks one child per test. Only
+the child imports the learner's file, under its own uid (when the judge runs as root), with limits on
+memory, CPU time, processes and file size, its output sent to /dev/null, and a time limit enforced
+here. A child sends one JSON line back on its own pipe, carrying a nonce it was given at fork; the
+zygote forwards at most one result per test to the judge on a pipe that no child holds open.
+
+What comes back is *evidence*, not a verdict: the judge (grader/grade.py) only accepts results for the
+tests it collected itself, one per test, takes points from its own collection, and treats a missing
+result as a failure. A child that forges its own "passed" line can still lie about its own test: that
+residual risk is why the judge also audits the source (grader/audit.py) and why the child checks, after
+the test, that the grader's functions it depends on were not swapped while the learner's code ran.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import secrets
+import select
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+
+MAX_TEXT = 600  # characters of an exception's text that travel back (no bulk data in feedback)
+MAX_LINE = 64 * 1024  # bytes a child may send back
+
+
+# --------------------------------------------------------------------------------------------------
+# Run in the zygote, before anything learner-controlled exists
+
+
+def _hide_paths(paths: list[str]) -> list[str]:
+    """Mount an empty, unreadable tmpfs over each path (we are root in a private mount namespace)."""
+    import subprocess
+
+    hidden = []
+    for path in paths:
+        if os.path.isdir(path):
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k,mode=000", "llmlab-hidden", path], capture_output=True)
+            if done.returncode == 0:
+                hidden.append(path)
+    return hidden
+
+
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
+
+
+def _libc_mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> bool:
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    encode = lambda v: None if v is None else v.encode()  # noqa: E731
+    return libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)) == 0
+
+
+def _private_shared_folders(keep: str) -> list[str]:
+    """Give the namespace its own empty /tmp, /var/tmp, /dev/shm, /run/lock, so that nothing the learner's
+    code writes there reaches the host; the sandbox folder (often under /tmp) is bound back in place."""
+    ms_bind, ms_rec = 4096, 16384
+    done = []
+    for folder in SHARED_WRITABLE:
+        if not os.path.isdir(folder) or os.path.islink(folder):
+            continue
+        inside = keep == folder or keep.startswith(folder.rstrip("/") + "/")
+        fd = os.open(keep, os.O_RDONLY | os.O_DIRECTORY) if inside else -1
+        try:
+            if not _libc_mount("llmlab-tmp", folder, "tmpfs", 0, "size=256m,mode=1777"):
+                continue
+            if inside:
+                os.makedirs(keep, exist_ok=True)
+                if not _libc_mount(f"/proc/self/fd/{fd}", keep, None, ms_bind | ms_rec, None):
+                    raise RuntimeError(f"could not bind the sandbox {keep} back after hiding {folder}")
+            done.append(folder)
+        finally:
+            if fd >= 0:
+                os.close(fd)
+    return done
+
+
+def _loopback_up() -> None:
+    """A fresh network namespace has its loopback down; local tests (torch.distributed) need it up."""
+    import fcntl
+    import socket
+    import struct
+
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            ifreq = struct.pack("16sH", b"lo", 0)
+            flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, ifreq)[:18])[1]  # SIOCGIFFLAGS
+            fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 0x1))  # SIOCSIFFLAGS, IFF_UP
+    except OSError:
+        pass
+
+
+def _vm_size() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _count_processes_of(uid: int) -> int:
+    count = 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    count += 1
+            except OSError:
+                pass
+    return count
+
+
+def _fingerprint(modules: list) -> dict[str, int]:
+    """Identities of what the verdict depends on: the grader's functions, pytest's runner, builtins."""
+    import builtins
+
+    import _pytest.python
+    import _pytest.runner
+
+    marks: dict[str, int] = {}
+    for module in modules:
+        for name, value in list(vars(module).items()):
+            marks[f"{module.__name__}.{name}"] = id(value)
+            code = getattr(value, "__code__", None)
+            if code is not None:
+                marks[f"{module.__name__}.{name}.__code__"] = id(code)
+    for name in ("runtest", "setup", "_getobj"):
+        marks[f"Function.{name}"] = id(getattr(_pytest.python.Function, name, None))
+    for name, value in vars(builtins).items():
+        marks[f"builtins.{name}"] = id(value)
+    marks["AssertionError"] = id(AssertionError)
+    return marks
+
+
+class Zygote:
+    """A pytest plugin that replaces the run loop: one forked child per test."""
+
+    def __init__(self, config: dict, result_fd: int) -> None:
+        self.config = config
+        self.result_fd = result_fd
+        self.timeout = float(config["timeout"])
+        self.memory = int(config["memory_mb"]) * 2**20
+        self.uid = config.get("uid")
+        self.work = Path(config["work"])
+        self.can_setuid = os.geteuid() == 0 and self.uid is not None
+
+    # -- channel to the judge ------------------------------------------------------------------------
+
+    def send(self, message: dict) -> None:
+        data = (json.dumps(message) + "\n").encode()
+        view = memoryview(data)
+        while view:
+            written = os.write(self.result_fd, view)
+            view = view[written:]
+
+    # -- pytest hooks --------------------------------------------------------------------------------
+
+    def pytest_collection_finish(self, session) -> None:
+        self.send({"type": "collected", "ids": [normal_id(item) for item in session.items]})
+
+    def pytest_runtestloop(self, session) -> bool:
+        from grader.plugin import course_module_of
+
+        groups: dict[str, list] = {}
+        for item in session.items:
+            module = course_module_of(item.path)
+            groups.setdefault(module.name if module else "", []).append(item)
+        import importlib
+
+        watched = [importlib.import_module(name) for name in ("grader.checks", "grader.plugin", "grader.loader", "grader.errors")]
+        watched += sorted({item.module for item in session.items}, key=lambda m: m.__name__)
+        self.baseline = _fingerprint(watched)
+        self.watched = watched
+        if not self.can_setuid:
+            self.nproc = _count_processes_of(os.getuid()) + 64
+        for name, items in groups.items():
+            module = course_module_of(items[0].path)
+            load = self.fork_and_wait(lambda: _probe_load(session.config, module), f"{name}::load")
+            if load.get("outcome") != "passed":  # the file does not load: no test of this module can pass
+                self.send({"type": "module", "module": name, **_public(load)})
+                continue
+            for item in items:
+                result = self.fork_and_wait(lambda item=item: _run_item(item), normal_id(item))
+                self.send({"type": "result", "id": normal_id(item), **_public(result)})
+        return True
+
+    # -- one child ------------------------------------------------------------------------------------
+
+    def fork_and_wait(self, body, label: str) -> dict:
+        read_end, write_end = os.pipe()
+        nonce = secrets.token_hex(16)
+        baseline, watched = self.baseline, self.watched
+        start = time.monotonic()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            try:
+                os.close(read_end)
+                os.close(self.result_fd)
+                self._enter_child()
+                result = _guarded(body, baseline, watched)
+                data = (json.dumps({"nonce": nonce, "label": label, **result}) + "\n").encode()[:MAX_LINE]
+                os.write(write_end, data)
+            finally:
+                os._exit(0)
+        os.close(write_end)
+        result = self._read_child(read_end, pid, nonce, label, start)
+        result["duration"] = round(time.monotonic() - start, 3)
+        return result
+
+    def _enter_child(self) -> None:
+        os.setsid()  # its own process group: killed as a whole when the test ends
+        devnull = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):
+            os.dup2(devnull, fd)
+        os.chdir(self.work)
+        limit = _vm_size() + self.memory
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        cpu = int(self.timeout) + 2
+        resource.setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+        resource.setrlimit(resource.RLIMIT_FSIZE, (64 * 2**20, 64 * 2**20))
+        resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
+        resource.setrlimit(resource.RLIMIT_NOFILE, (256, 256))
+        if self.can_setuid:
+            resource.setrlimit(resource.RLIMIT_NPROC, (64, 64))
+            os.setgroups([])
+            os.setgid(self.uid)
+            os.setuid(self.uid)
+        else:
+            resource.setrlimit(resource.RLIMIT_NPROC, (self.nproc, self.nproc))
+
+    def _read_child(self, fd: int, pid: int, nonce: str, label: str, start: float) -> dict:
+        buffer = b""
+        deadline = start + self.timeout
+        timed_out = False
+        while b"\n" not in buffer and len(buffer) < MAX_LINE:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                timed_out = True
+                break
+            ready, _, _ = select.select([fd], [], [], remaining)
+            if not ready:
+                continue
+            chunk = os.read(fd, 65536)
+            if not chunk:
+                break
+            buffer += chunk
+        os.close(fd)
+        status = self._reap(pid)
+        if timed_out:
+            return {"outcome": "error", "kind": "timeout", "text": f"stopped after {self.timeout:g} s"}
+        try:
+            message = json.loads(buffer.split(b"\n", 1)[0])
+            if message.pop("nonce", None) != nonce or message.pop("label", None) != label:
+                raise ValueError
+            return message
+        except ValueError:
+            if buffer.strip():  # something else wrote on the child's result pipe: the learner's code
+                return {"outcome": "error", "kind": "tamper", "text": "a result the grader's test process did not write"}
+            return {"outcome": "error", "kind": "exited", "text": _describe_status(status)}
+
+    def _reap(self, pid: int) -> int:
+        """Kill what is left of the child's process group (and, under a private uid, all its processes)."""
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
+        _, status = os.waitpid(pid, 0)
+        if self.can_setuid:
+            killer = os.fork()
+            if killer == 0:
+                try:
+                    os.setgid(self.uid)
+                    os.setuid(self.uid)
+                    os.kill(-1, signal.SIGKILL)  # every process of this uid but the caller
+                finally:
+                    os._exit(0)
+            os.waitpid(killer, 0)
+        while True:  # orphans re-parented to us (we are pid 1 of the namespace)
+            try:
+                reaped, _ = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                break
+            if reaped == 0:
+                break
+        return status
+
+
+def _describe_status(status: int) -> str:
+    if os.WIFSIGNALED(status):
+        sig = os.WTERMSIG(status)
+        name = signal.Signals(sig).name if sig in signal.Signals._value2member_map_ else str(sig)
+        extra = {
+            "SIGKILL": " (killed: memory or process limit, or the time limit)",
+            "SIGXCPU": " (the CPU time limit)",
+            "SIGXFSZ": " (wrote a file larger than allowed)",
+            "SIGSEGV": " (a crash)",
+        }.get(name, "")
+        return f"the test process was killed by {name}{extra}"
+    return f"the test process exited early (exit status {os.WEXITSTATUS(status)}) without reporting a result"
+
+
+def _public(result: dict) -> dict:
+    keys = ("outcome", "kind", "text", "line", "duration")
+    return {k: result[k] for k in keys if k in result}
+
+
+# --------------------------------------------------------------------------------------------------
+# Run in a child (after the learner's code may have run: nothing here is trusted by the judge)
+
+
+def normal_id(item) -> str:
+    """`01_rmsnorm/test_rmsnorm_hidden.py::test_x[case]`: the same in the sandbox and in the repo."""
+    from grader.course import find_module
+
+    parts = item.nodeid.split("::", 1)
+    path = Path(parts[0])
+    for i, part in enumerate(path.parts):
+        if find_module(part) is not None:
+            return "/".join(path.parts[i:]) + ("::" + parts[1] if len(parts) > 1 else "")
+    return item.nodeid
+
+
+def _guarded(body, baseline: dict, watched: list) -> dict:
+    try:
+        result = body()
+    except BaseException as error:  # noqa: BLE001 - anything the learner's code throws at us
+        result = {"outcome": "error", "kind": "exception", "text": _short(error)}
+    if result.get("outcome") == "passed":
+        now = _fingerprint(watched)
+        changed = sorted(k for k, v in baseline.items() if now.get(k) != v)
+        if changed:
+            return {"outcome": "error", "kind": "tamper", "text": ", ".join(changed[:5])}
+    return result
+
+
+def _short(error: BaseException) -> str:
+    try:
+        text = f"{type(error).__name__}: {error}"
+    except BaseException:  # noqa: BLE001 - a __str__ that raises
+        text = type(error).__name__
+    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"
+
+
+def _learner_line(error: BaseException, impl_dir: str) -> int | None:
+    frames = [f for f in traceback.extract_tb(error.__traceback__) if f.filename.startswith(impl_dir)]
+    return frames[-1].lineno if frames else None
+
+
+def _classify(error: BaseException, impl_dir: str) -> dict:
+    from _pytest.outcomes import Failed, Skipped
+
+    from grader.errors import ImplementationLoadError, NotImplementedYet
+
+    if isinstance(error, NotImplementedYet):
+        return {"kind": "todo", "text": error.name}
+    if isinstance(error, ImplementationLoadError):
+        return {"kind": "load", "text": str(error)[:MAX_TEXT]}
+    if isinstance(error, Skipped):
+        return {"kind": "skipped", "text": str(error)[:MAX_TEXT]}
+    if isinstance(error, (AssertionError, Failed)):
+        # --assert=plain: the text is the test's own message (grader.checks writes teaching ones),
+        # never an explanation rebuilt from the hidden test's source
+        return {"kind": "assertion", "text": str(error)[:MAX_TEXT * 2], "line": _learner_line(error, impl_dir)}
+    if isinstance(error, MemoryError):
+        return {"kind": "memory", "text": _short(error), "line": _learner_line(error, impl_dir)}
+    if isinstance(error, SystemExit):
+        return {"kind": "exit", "text": f"exit({error.code!r})"[:MAX_TEXT]}
+    return {"kind": "exception", "text": _short(error), "line": _learner_line(error, impl_dir)}
+
+
+def _run_item(item) -> dict:
+    """setup, call, teardown of one test, classified by us (no pytest report: no traceback, no source)."""
+    from grader.plugin import impl_root
+
+    impl_dir = str(impl_root(item.config))
+    hook = item.ihook
+    steps = [("setup", hook.pytest_runtest_setup, {}), ("call", hook.pytest_runtest_call, {}),
+             ("teardown", hook.pytest_runtest_teardown, {"nextitem": None})]
+    failure = None
+    for when, run, kwargs in steps:
+        if failure is not None and when == "call":
+            continue
+        try:
+            run(item=item, **kwargs)
+        except BaseException as error:  # noqa: BLE001
+            if failure is None:
+                failure = (when, error)
+    if failure is None:
+        return {"outcome": "passed"}
+    when, error = failure
+    info = _classify(error, impl_dir)
+    if info["kind"] == "skipped":
+        return {"outcome": "skipped", **info}
+    return {"outcome": "failed" if when == "call" and info["kind"] == "assertion" else "error", **info}
+
+
+def _probe_load(config, module) -> dict:
+    """Import the learner's file once, alone: a file that does not load fails all its tests at once."""
+    from grader.errors import ImplementationLoadError
+    from grader.loader import load_implementation
+    from grader.plugin import impl_root
+
+    try:
+        load_implementation(impl_root(config), module)
+    except ImplementationLoadError as error:
+        return {"outcome": "error", "kind": "load", "text": str(error)[:MAX_TEXT]}
+    return {"outcome": "passed"}
+
+
+# --------------------------------------------------------------------------------------------------
+
+
+def main() -> int:
+    config = json.loads(sys.stdin.readline())
+    sys.stdin.close()
+    result_fd = int(config["result_fd"])
+    os.set_inheritable(result_fd, False)
+    hidden = []
+    if config.get("mount_ns"):
+        hidden = _private_shared_folders(config["root"]) + _hide_paths(config.get("hide", []))
+    if config.get("net_ns"):
+        _loopback_up()
+    import torch  # noqa: F401 - import the heavy libraries once, before forking
+
+    torch.set_num_threads(1)
+    zygote = Zygote(config, result_fd)
+    zygote.send({"type": "start", "hidden": hidden})
+    import pytest
+
+    args = [
+        *config["suites"],
+        "--impl", config["impl"],
+        "--llmlab-seed", str(config["seed"]),
+        "-p", "grader.plugin",
+        "-p", "no:cacheprovider",
+        "-c", config["ini"],
+        "--rootdir", config["root"],
+        "--import-mode=importlib",
+        "--assert=plain",
+        "-s", "-q", "--no-header",
+    ]
+    code = pytest.main(args, plugins=[zygote])
+    zygote.send({"type": "done", "exit_code": int(code)})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
