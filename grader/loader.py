@@ -53,6 +53,7 @@ def load_implementation(root: Path, module: Module) -> ModuleType:
     if isinstance(cached, ImplementationLoadError):
         raise cached
     if cached is not None:
+        _shim_dir_on_sys_path()  # pytest's own tests restore sys.path between runs; the cache outlives them
         return cached
     try:
         loaded = _import_file(path, module)
@@ -98,8 +99,13 @@ def _importable_in_spawned_processes(name: str, path: Path) -> None:
     if _shim_dir is None:
         _shim_dir = Path(tempfile.mkdtemp(prefix="llmlab-impl-"))
         atexit.register(shutil.rmtree, _shim_dir, ignore_errors=True)
-        sys.path.append(str(_shim_dir))
+    _shim_dir_on_sys_path()
     (_shim_dir / f"{name}.py").write_text(_SHIM.format(path=str(path)))
+
+
+def _shim_dir_on_sys_path() -> None:
+    if _shim_dir is not None and str(_shim_dir) not in sys.path:
+        sys.path.append(str(_shim_dir))
 
 
 def _last_frame_in(path: Path, error: BaseException) -> str:

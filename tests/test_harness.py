@@ -243,3 +243,22 @@ def test_make_stub_replaces_regions_and_keeps_signatures():
 def test_make_stub_rejects_broken_markers(source, problem):
     with pytest.raises(MarkerError, match=problem):
         make_stub(source)
+
+
+def test_loaded_files_stay_importable_by_name_for_worker_processes(tmp_path, monkeypatch):
+    """Module 08's workers import the learner's file by its unique name, even after pytest restored sys.path."""
+    import subprocess
+    import sys
+
+    from grader import loader
+    from grader.course import get_module
+
+    module = get_module("01_rmsnorm")
+    (tmp_path / module.name).mkdir()
+    (tmp_path / module.name / module.file).write_text("ANSWER = 42\n")
+    loaded = loader.load_implementation(tmp_path, module)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(loader._shim_dir)])  # as pytester restores it
+    assert loader.load_implementation(tmp_path, module) is loaded
+    code = f"import {loaded.__name__} as m; print(m.ANSWER)"
+    result = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": ":".join(sys.path)}, capture_output=True, text=True)
+    assert result.stdout.strip() == "42", result.stderr
