@@ -300,8 +300,8 @@ dist.destroy_process_group()
 """
 
 
-def _run(command, tmp_path):
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+def _run(command, tmp_path, **env_overrides):
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path), **env_overrides}
     run = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert run.returncode == 0, f"{' '.join(command[:6])} ... failed:\n{run.stdout[-2000:]}\n{run.stderr[-3000:]}"
 
@@ -338,7 +338,8 @@ def test_the_same_worker_runs_under_accelerate_launch(impl, request, tmp_path):
     script.write_text(_ACCELERATE_SCRIPT.format(here=str(HERE), impl_file=str(impl_file), data=str(tmp_path / "data.pt"), out=str(tmp_path)))
     # On a host without GPUs, --multi_gpu is what starts several processes (torchrun inside); --cpu starts one.
     _run([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script)], tmp_path)
+          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(free_port()), str(script)], tmp_path,
+         CUDA_VISIBLE_DEVICES="")  # CPU and gloo even on a GPU host: with one GPU, rank 1 would ask for cuda:1 (seen on an H100)
     for rank in range(2):
         theirs = torch.load(tmp_path / f"{rank}.pt")
         assert theirs["num_processes"] == 2, f"accelerate ran {theirs['num_processes']} process(es), expected 2"
