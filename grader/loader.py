@@ -27,7 +27,9 @@ from grader.course import Module
 from grader.errors import ImplementationLoadError
 
 _cache: dict[Path, ModuleType | ImplementationLoadError] = {}
-_shim_dir: Path | None = None
+# The shim folder, created on first use. Kept in a list that is filled, never rebound: the grader's
+# sandbox checks that no global of the harness changes identity while a learner's code runs.
+_shim_dirs: list[Path] = []
 
 _SHIM = """# Written by grader/loader.py: loads the learner's file under this module's name in spawned processes.
 import importlib.util, sys
@@ -95,17 +97,21 @@ def _import_file(path: Path, module: Module) -> ModuleType:
 
 def _importable_in_spawned_processes(name: str, path: Path) -> None:
     """Write the shim `<name>.py` that loads `path`, in a private folder on `sys.path`."""
-    global _shim_dir
-    if _shim_dir is None:
-        _shim_dir = Path(tempfile.mkdtemp(prefix="llmlab-impl-"))
-        atexit.register(shutil.rmtree, _shim_dir, ignore_errors=True)
+    if not _shim_dirs:
+        _shim_dirs.append(Path(tempfile.mkdtemp(prefix="llmlab-impl-")))
+        atexit.register(shutil.rmtree, _shim_dirs[0], ignore_errors=True)
     _shim_dir_on_sys_path()
-    (_shim_dir / f"{name}.py").write_text(_SHIM.format(path=str(path)))
+    (_shim_dirs[0] / f"{name}.py").write_text(_SHIM.format(path=str(path)))
+
+
+def shim_dir() -> Path | None:
+    """The folder of the shims (None before the first load)."""
+    return _shim_dirs[0] if _shim_dirs else None
 
 
 def _shim_dir_on_sys_path() -> None:
-    if _shim_dir is not None and str(_shim_dir) not in sys.path:
-        sys.path.append(str(_shim_dir))
+    if _shim_dirs and str(_shim_dirs[0]) not in sys.path:
+        sys.path.append(str(_shim_dirs[0]))
 
 
 def _last_frame_in(path: Path, error: BaseException) -> str:

@@ -251,12 +251,26 @@ def hidden_points(module: Module, root: Path = REPO_ROOT) -> float:
     return total
 
 
+# Modules that cannot be taught in a notebook, and why (they are graded with `llmlab grade` only).
+NOT_IN_NOTEBOOKS = {
+    "08_distributed_launch": (
+        "its workers are fresh processes that import the learner's functions by module name, and a "
+        "notebook's functions live in the kernel's __main__, which no fresh process can import"
+    ),
+}
+
+
+def notebook_modules(root: Path = REPO_ROOT) -> list[Module]:
+    """The modules that `llmlab nbgrader` turns into notebooks: every existing one that a kernel can run."""
+    return [m for m in existing_modules(root / "solutions") if m.name not in NOT_IN_NOTEBOOKS]
+
+
 def build_course(out: Path, root: Path = REPO_ROOT, modules: list[Module] | None = None) -> Path:
     """Write the nbgrader course folder `out` (new or empty) and return it."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise NotebookError(f"{out} exists and is not empty: give a new folder")
-    modules = existing_modules(root / "solutions") if modules is None else modules
+    modules = notebook_modules(root) if modules is None else modules
     out.mkdir(parents=True, exist_ok=True)
     (out / "nbgrader_config.py").write_text(CONFIG)
     for module in modules:

@@ -257,7 +257,7 @@ def test_loaded_files_stay_importable_by_name_for_worker_processes(tmp_path, mon
     (tmp_path / module.name).mkdir()
     (tmp_path / module.name / module.file).write_text("ANSWER = 42\n")
     loaded = loader.load_implementation(tmp_path, module)
-    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(loader._shim_dir)])  # as pytester restores it
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p != str(loader.shim_dir())])  # as pytester restores it
     assert loader.load_implementation(tmp_path, module) is loaded
     code = f"import {loaded.__name__} as m; print(m.ANSWER)"
     result = subprocess.run([sys.executable, "-c", code], env={"PYTHONPATH": ":".join(sys.path)}, capture_output=True, text=True)
