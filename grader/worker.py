@@ -62,26 +62,33 @@ def _libc_mount(source: str, target: str, fstype: str | None, flags: int, data: 
     return libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)) == 0
 
 
-def _private_shared_folders(keep: str) -> list[str]:
+def _private_shared_folders(keep: list[str]) -> list[str]:
     """Give the namespace its own empty /tmp, /var/tmp, /dev/shm, /run/lock, so that nothing the learner's
-    code writes there reaches the host; the sandbox folder (often under /tmp) is bound back in place."""
+    code writes there reaches the host. What the worker needs from under them is bound back in place:
+    the sandbox folder (often under /tmp), and the Python environment and course it runs from (a CI
+    checkout or a virtual environment may well live under /tmp too)."""
     ms_bind, ms_rec = 4096, 16384
+    wanted = sorted({os.path.realpath(k) for k in keep if k and os.path.isdir(k)} - set(SHARED_WRITABLE))
+    tops: list[str] = []  # a folder inside another kept one comes back with it
+    for path in wanted:
+        if not any(path == top or path.startswith(top.rstrip("/") + "/") for top in tops):
+            tops.append(path)
     done = []
     for folder in SHARED_WRITABLE:
         if not os.path.isdir(folder) or os.path.islink(folder):
             continue
-        inside = keep == folder or keep.startswith(folder.rstrip("/") + "/")
-        fd = os.open(keep, os.O_RDONLY | os.O_DIRECTORY) if inside else -1
+        inside = [k for k in tops if k == folder or k.startswith(folder.rstrip("/") + "/")]
+        fds = {k: os.open(k, os.O_RDONLY | os.O_DIRECTORY) for k in inside}
         try:
             if not _libc_mount("llmlab-tmp", folder, "tmpfs", 0, "size=256m,mode=1777"):
                 continue
-            if inside:
-                os.makedirs(keep, exist_ok=True)
-                if not _libc_mount(f"/proc/self/fd/{fd}", keep, None, ms_bind | ms_rec, None):
-                    raise RuntimeError(f"could not bind the sandbox {keep} back after hiding {folder}")
+            for path, fd in fds.items():
+                os.makedirs(path, exist_ok=True)
+                if not _libc_mount(f"/proc/self/fd/{fd}", path, None, ms_bind | ms_rec, None):
+                    raise RuntimeError(f"could not bind {path} back after hiding {folder}")
             done.append(folder)
         finally:
-            if fd >= 0:
+            for fd in fds.values():
                 os.close(fd)
     return done
 
@@ -425,7 +432,8 @@ def main() -> int:
     os.set_inheritable(result_fd, False)
     hidden = []
     if config.get("mount_ns"):
-        hidden = _private_shared_folders(config["root"]) + _hide_paths(config.get("hide", []))
+        keep = [config["root"], sys.prefix, *sys.path]
+        hidden = _private_shared_folders(keep) + _hide_paths(config.get("hide", []))
     if config.get("net_ns"):
         _loopback_up()
     import torch  # noqa: F401 - import the heavy libraries once, before forking
