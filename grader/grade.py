@@ -38,6 +38,7 @@ from pathlib import Path
 
 from grader.audit import audit_files
 from grader.course import MODULES, REPO_ROOT, Module, find_module, get_module
+from grader.files import atomic_write
 from grader.sandbox import UID_BASE, Isolation, Sandbox, detect_isolation, has_hidden_suite, hidden_suite, secret_paths
 
 LEARNER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
@@ -353,21 +354,6 @@ def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None,
     return f"{first}\n  This test checks: {test.checks}\n  Read: {module.chapter}"
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(temporary, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(temporary)
-        raise
-
-
 def gradescope_results(record: Record) -> dict:
     """Gradescope's autograder schema: https://gradescope-autograders.readthedocs.io/en/latest/specs/"""
     tests = [
@@ -559,9 +545,9 @@ def grade_submission(submission: Submission, expected: list[ExpectedTest], optio
 
 def write_learner(out: Path, record: Record) -> None:
     folder = out / record.learner
-    _atomic_write(folder / "results.json", json.dumps(gradescope_results(record), indent=2))
-    _atomic_write(folder / "feedback.md", feedback_markdown(record))
-    _atomic_write(folder / RECORD, json.dumps(asdict(record), indent=1))  # last: marks the learner graded
+    atomic_write(folder / "results.json", json.dumps(gradescope_results(record), indent=2))
+    atomic_write(folder / "feedback.md", feedback_markdown(record))
+    atomic_write(folder / RECORD, json.dumps(asdict(record), indent=1))  # last: marks the learner graded
 
 
 def load_record(out: Path, learner: str) -> Record | None:
@@ -580,13 +566,13 @@ def write_class(out: Path, records: list[Record], modules: list[Module]) -> None
         notes = ([f"rejected: {r.rejected}"] if r.rejected else []) + r.review
         writer.writerow([r.learner, *(f"{r.module_points(n):g}" for n in names), f"{r.total:g}", f"{r.max_total:g}",
                          "; ".join(notes)])
-    _atomic_write(out / "gradebook.csv", buffer.getvalue())
+    atomic_write(out / "gradebook.csv", buffer.getvalue())
     grades = []
     for r in sorted(records, key=lambda r: r.learner):
         for t in r.tests:
             grades.append({"learner": r.learner, "module": t.module, "test": t.test, "outcome": t.outcome,
                            "points": t.points, "max_points": t.max_points, "message": t.message})
-    _atomic_write(out / "grades.json", json.dumps(grades, indent=1))
+    atomic_write(out / "grades.json", json.dumps(grades, indent=1))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from grader.course import MODULES, Module, get_module
+from grader.files import atomic_write
 from grader.runner import SuiteResult, TestResult, run_suite
 
 NOT_IMPLEMENTED = "is not implemented yet"
@@ -161,11 +162,7 @@ def _load_state(root: Path) -> dict:
 
 
 def _save_state(root: Path, state: dict) -> None:
-    path = _state_path(root)
-    path.parent.mkdir(exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    tmp.replace(path)
+    atomic_write(_state_path(root), json.dumps(state, indent=2))
 
 
 def watch(name: str | None, root: Path | None = None, interval: float = 0.5, max_runs: int | None = None) -> int:

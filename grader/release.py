@@ -210,7 +210,7 @@ def build_handout(out: Path, root: Path = REPO_ROOT, modules: list[Module] | Non
     if (root / "docs").is_dir():
         # Chapters and their assets; no code files (figure scripts may run reference code).
         _copy_tree(root / "docs", out / "docs", skip_suffixes={".py", ".ipynb"})
-        _draw_figures(root, out / "docs" / "figures")
+        draw_figures(root, out / "docs" / "figures")
 
     grader_out = out / "grader"
     grader_out.mkdir()
@@ -225,15 +225,16 @@ def build_handout(out: Path, root: Path = REPO_ROOT, modules: list[Module] | Non
     return out
 
 
-def _draw_figures(root: Path, target: Path) -> None:
-    """The chapters' figures, drawn now by the references (the handout has no code that could draw them)."""
+def draw_figures(root: Path, target: Path) -> list[str]:
+    """The chapters' figures, drawn by the references into `target` (the docs build and the handout,
+    which has no code that could draw them); returns the modules that have no reference."""
     script = root / "docs" / "_scripts" / "figures.py"
     if not script.is_file():
-        return
+        return []
     spec = importlib.util.spec_from_file_location("llmlab_docs_figures", script)
     figures = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(figures)
-    figures.make_all(target)
+    return figures.make_all(target)
 
 
 def zip_folder(folder: Path, archive: Path | None = None) -> Path:

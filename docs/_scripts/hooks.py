@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import ast
 import copy
-import importlib.util
 import re
 import sys
 from pathlib import Path
@@ -46,10 +45,9 @@ def on_config(config, **kwargs):
 
 
 def on_pre_build(config, **kwargs):
-    spec = importlib.util.spec_from_file_location("llmlab_docs_figures", Path(__file__).with_name("figures.py"))
-    figures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(figures)
-    missing = figures.make_all(Path(config["docs_dir"]) / "figures")
+    from grader.release import draw_figures
+
+    missing = draw_figures(ROOT, Path(config["docs_dir"]) / "figures")
     if missing:
         print(f"llmlab docs: no reference solution for {', '.join(missing)}: their figures are not redrawn")
 
