@@ -85,8 +85,9 @@ def build(target: Path, timeout: float = 30.0, memory_mb: int = 2048, seed: int 
 
 def run(root: Path | None = None) -> int:
     """Grade `ROOT/submission` into `ROOT/results/results.json` (ROOT defaults to /autograder)."""
-    from grader.grade import (Options, _atomic_write, collect_expected, grade_submission, graded_modules,
-                              read_submission, write_learner)
+    from grader.files import atomic_write
+    from grader.grade import (Options, collect_expected, grade_submission, graded_modules, read_submission,
+                              write_learner)
 
     root = Path(root or "/autograder")
     config_path = root / "source" / CONFIG
@@ -101,6 +102,6 @@ def run(root: Path | None = None) -> int:
         submission = read_submission("submission", root / "submission")
         record = grade_submission(submission, collect_expected(options.modules), options)
         write_learner(out, record)
-        _atomic_write(results, (out / "submission" / "results.json").read_text())
+        atomic_write(results, (out / "submission" / "results.json").read_text())
         print(f"{record.total:g} / {record.max_total:g} points", file=sys.stderr)
     return 0
