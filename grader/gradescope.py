@@ -29,7 +29,13 @@ SETUP_SH = """#!/usr/bin/env bash
 set -euo pipefail
 cd /autograder/source
 apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip util-linux >/dev/null
-python3 -m venv /autograder/venv
+# the course needs Python 3.11 or newer (Ubuntu 22.04's python3 is 3.10; its universe has python3.11)
+PYTHON=python3
+if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
+    apt-get install -y -qq python3.11 python3.11-venv >/dev/null
+    PYTHON=python3.11
+fi
+"$PYTHON" -m venv /autograder/venv
 /autograder/venv/bin/pip install -q --upgrade pip
 # the CPU wheel of torch (pinned as in the README), then the course and its oracles
 /autograder/venv/bin/pip install -q torch=={torch} --index-url https://download.pytorch.org/whl/cpu

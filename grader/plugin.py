@@ -223,3 +223,18 @@ def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
     terminalreporter.section("llmlab: still to write")
     for file, names in sorted(todo.items()):
         terminalreporter.line(f"{file}: {', '.join(sorted(names))}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Keep a learner's run as fast as `import torch`: drop Hypothesis's plugin when no test used Hypothesis.
+
+    Hypothesis is installed for the hidden suites (property tests in 04). Its pytest plugin is meant to
+    stay lazy, but its end-of-run summary (hypothesis 6.15x) imports the whole library, about a second,
+    even when no test used it. The terminal summary runs after this hook, so unregistering here is enough.
+    """
+    import sys
+
+    manager = session.config.pluginmanager
+    if "hypothesis" not in sys.modules and manager.has_plugin("hypothesispytest"):
+        manager.unregister(name="hypothesispytest")

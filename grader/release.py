@@ -101,7 +101,7 @@ name = "{DISTRIBUTION}"
 version = "{project["version"]}"
 description = "LLM Lab, the learner's handout: write the pieces of an LLM, pytest tells you what is still wrong."
 readme = "README.md"
-requires-python = "{project.get("requires-python", ">=3.10")}"
+requires-python = "{project.get("requires-python", ">=3.11")}"
 license = {{ text = "MIT" }}
 # The public tests need torch and pytest only; the libraries the grader checks against stay with the grader.
 dependencies = ["{torch_requirement}", "pytest>=8.0"]
@@ -139,7 +139,7 @@ to read. When the public tests pass, hand in your `exercises/` folder: the grade
 
 ## Install
 
-Python 3.10 or newer. In this folder, in a fresh virtual environment, one command:
+Python 3.11 or newer. In this folder, in a fresh virtual environment, one command:
 
 ```bash
 python3 -m venv .venv && . .venv/bin/activate
