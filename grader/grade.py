@@ -59,6 +59,7 @@ class ExpectedTest:
     module: str
     points: float
     checks: str  # the test's one-line docstring
+    timeout: float = 0.0  # seconds the test asks for with @pytest.mark.timeout (0: the grader's --timeout)
 
     @property
     def name(self) -> str:
@@ -75,13 +76,14 @@ class _Collect:
             self.errors.append(f"{report.nodeid}: {report.longreprtext[-2000:]}")
 
     def pytest_collection_finish(self, session) -> None:
-        from grader.plugin import _what_it_checks, course_module_of
+        from grader.plugin import _what_it_checks, course_module_of, timeout_for
         from grader.worker import normal_id
 
         for item in session.items:
             module = course_module_of(item.path)
             points = dict(item.user_properties).get("points") or 0.0
-            self.tests.append(ExpectedTest(normal_id(item), module.name if module else "", float(points), _what_it_checks(item)))
+            self.tests.append(ExpectedTest(normal_id(item), module.name if module else "", float(points), _what_it_checks(item),
+                                           timeout_for(item, 0.0)))
 
 
 def collect_expected(modules: list[Module]) -> list[ExpectedTest]:
@@ -339,7 +341,7 @@ def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None,
                 f"  Next step: fix the file so that `python {file}` runs without error.",
         "missing": f"There is no {file} in your submission: the tests of {module.name} need it.",
         "rejected": f"Your submission was not graded: {text}.",
-        "timeout": f"This test was stopped after {options.timeout:g} s: an infinite loop, or code much slower than needed?",
+        "timeout": f"This test was stopped after {max(options.timeout, test.timeout):g} s: an infinite loop, or code much slower than needed?",
         "exited": f"{text}: your code crashed, called exit, or used more memory or processes than allowed "
                   f"({options.memory_mb} MB).",
         "memory": f"Your code ran out of memory (the limit is {options.memory_mb} MB more than the grader's own){where}: {text}",
@@ -436,7 +438,7 @@ def run_worker(submission: Submission, modules: list[Module], expected: list[Exp
         "seed": options.seed,
         "timeout": options.timeout,
         "memory_mb": options.memory_mb,
-        "uid": uid,
+        "uid": uid if isolation.setuid else None,
         "result_fd": write_end,
         "work": str(box.root / "work"),
         "impl": str(box.root / "impl"),
@@ -453,7 +455,7 @@ def run_worker(submission: Submission, modules: list[Module], expected: list[Exp
     try:
         process.stdin.write((json.dumps(config) + "\n").encode())
         process.stdin.close()
-        budget = options.startup_s + (len(expected) + len(modules)) * (options.timeout + 5)
+        budget = options.startup_s + sum(max(options.timeout, t.timeout) + 5 for t in expected) + len(modules) * (options.timeout + 5)
         deadline = time.monotonic() + budget
         buffer = b""
         done = False

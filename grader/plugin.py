@@ -57,6 +57,10 @@ def pytest_configure(config: pytest.Config) -> None:
         "markers", "points(n): grading weight of a test function, shared by its parametrized cases"
     )
     config.addinivalue_line("markers", "cuda: needs a CUDA device")
+    config.addinivalue_line(
+        "markers", "timeout(seconds): the test legitimately needs this long (pytest-timeout's marker); "
+        "llmlab grade allows it more than its --timeout"
+    )
     if config.getoption("impl") is not None:
         impl_root(config)  # a wrong --impl stops the run at once, with a usage error
 
@@ -142,6 +146,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             value = float(marker.args[0]) if marker.args else float(marker.kwargs.get("n", 1))
             item.stash[POINTS_KEY] = value / len(group)
             item.user_properties.append(("points", value / len(group)))
+
+
+def timeout_for(item: pytest.Item, default: float) -> float:
+    """Seconds the grader allows `item`: its `timeout` marker if that asks for more than `default`."""
+    marker = item.get_closest_marker("timeout")
+    wanted = float(marker.args[0]) if marker and marker.args else float(marker.kwargs.get("timeout", 0)) if marker else 0.0
+    return max(default, wanted)
 
 
 def seed_for(base_seed: int, item: pytest.Item) -> int:

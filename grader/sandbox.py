@@ -3,7 +3,7 @@
 Layout of the folder (created by `Sandbox.create`, removed by `Sandbox.remove`):
 
     lib/grader/*.py        the harness (a copy, without grader/hidden/)
-    suite/NN_name/...      a copy of each graded module's hidden suite (readable by root only)
+    suite/NN_name/...      a copy of each graded module's hidden suite (test files readable by root only; `*_workers.py` by all)
     impl/NN_name/<file>    the submission's module files, nothing else
     work/ home/ tmp/       the learner's working folder, HOME and TMPDIR (owned by the learner's uid)
     pytest.ini             empty: no ini file of the repository or of the submission applies
@@ -30,6 +30,11 @@ from grader.course import REPO_ROOT, Module
 
 UID_BASE = 61000  # learners' code runs as UID_BASE + slot (no passwd entry needed)
 HIDDEN_ROOT = REPO_ROOT / "grader" / "hidden"
+# A hidden suite's test files are root's only: the test child has read them before it drops to the
+# learner's uid. A `*_workers.py` file holds the functions that processes the learner's code starts must
+# import themselves (module 08's ranks), so it is readable, and so are the folders (Python's importer
+# lists them): a learner's code may see the file names, never the tests.
+WORKERS_MODE = 0o644
 
 
 @dataclass(frozen=True)
@@ -40,11 +45,35 @@ class Isolation:
     def describe(self) -> str:
         parts = []
         parts.append("network, pid and mount namespaces" if self.namespaces else "no namespaces (unshare unavailable)")
-        parts.append("a private uid per slot" if self.setuid else "the grader's own uid (not root)")
+        parts.append("a private uid per slot" if self.setuid else "the grader's own uid (not root, or Python in a folder other users cannot read)")
         return ", ".join(parts) + "; rlimits on memory, CPU, processes, file size; per-test process groups"
 
 
 UNSHARE = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--mount", "--propagation", "private"]
+
+
+def runtime_paths() -> list[str]:
+    """What a test process reads besides the sandbox: the interpreter (multiprocessing's spawn and forkserver
+    start it again), the standard library, site-packages and the course (an editable install)."""
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(REPO_ROOT),
+             os.path.dirname(os.path.realpath(sys.executable)), *sys.path}
+    return sorted({os.path.realpath(p) for p in paths if p and os.path.isdir(p)})
+
+
+def closed_folders(paths: list[str]) -> list[str]:
+    """The outermost folders on the way to `paths` that other users cannot enter: /root (mode 700) when
+    pyenv installed Python there, a home folder of mode 750. A private uid could not import from them."""
+    closed = set()
+    for path in paths:
+        parent = os.path.dirname(os.path.realpath(path))
+        while parent != "/":
+            try:
+                if not os.stat(parent).st_mode & 0o001:
+                    closed.add(parent)
+            except OSError:
+                pass
+            parent = os.path.dirname(parent)
+    return sorted(c for c in closed if not any(c.startswith(o.rstrip("/") + "/") for o in closed))
 
 
 @functools.lru_cache(maxsize=1)
@@ -55,7 +84,10 @@ def detect_isolation() -> Isolation:
             namespaces = subprocess.run([*UNSHARE, "true"], capture_output=True, timeout=20).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             namespaces = False
-    return Isolation(namespaces=namespaces, setuid=os.geteuid() == 0)
+    # In a mount namespace the worker opens closed folders (grader/worker.py); without one, a private uid
+    # could not read Python itself, so the tests run under the grader's uid.
+    setuid = os.geteuid() == 0 and (namespaces or not closed_folders(runtime_paths()))
+    return Isolation(namespaces=namespaces, setuid=setuid)
 
 
 def secret_paths(extra: tuple[Path, ...] = ()) -> list[str]:
@@ -105,8 +137,8 @@ class Sandbox:
             target = root / "suite" / module.name
             shutil.copytree(hidden_suite(module), target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
             for path in [target, *target.rglob("*")]:
-                os.chmod(path, 0o700 if path.is_dir() else 0o600)  # root only: the child reads them from memory
-        (root / "suite").chmod(0o700)
+                os.chmod(path, 0o755 if path.is_dir() else WORKERS_MODE if path.name.endswith("_workers.py") else 0o600)
+        (root / "suite").chmod(0o755)
         impl = root / "impl"
         impl.mkdir(mode=0o755)
         for relative, data in files.items():

@@ -343,3 +343,33 @@ def test_gradescope_bundle_runs_as_gradescope_runs_it(tmp_path):
     results = json.loads((root / "results" / "results.json").read_text())
     assert 0 < results["score"] < full() and results["tests"]
     assert results["score"] == pytest.approx(sum(t["score"] for t in results["tests"]))
+
+
+# --------------------------------------------------------------------------------------------------
+# The references, graded as a learner's submission
+
+
+@pytest.mark.slow
+def test_the_references_get_full_marks_from_llmlab_grade(tmp_path):
+    """Every module's reference, graded in the sandbox with the default limits, earns every point.
+
+    The sandbox is not pytest: tests run in forked children under a private uid, the hidden suite's files
+    unreadable, /tmp and the network private. A suite that only passes under plain pytest fails here
+    (module 08's ranks must import the suite's worker functions; Python installed under /root must stay
+    importable for the private uid; tmp_path needs its reports; torchrun needs more than --timeout).
+    """
+    from grader.course import existing_modules
+
+    learner = tmp_path / "class" / "reference"
+    modules = [m for m in existing_modules() if (REPO_ROOT / "grader" / "hidden" / m.name).is_dir()]
+    for module in modules:
+        (learner / module.name).mkdir(parents=True)
+        shutil.copy(REPO_ROOT / "solutions" / module.name / module.file, learner / module.name / module.file)
+    out = tmp_path / "out"
+    command = [sys.executable, "-m", "grader.cli", "grade", str(learner.parent), "--out", str(out), "--seed", "1234", "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = _record(out, "reference")
+    lost = [f"{t.module}::{t.test}: {t.message}" for t in record.tests if t.points < t.max_points]
+    assert not lost, f"the references lost points under llmlab grade ({record.isolation}):\n" + "\n\n".join(lost)
+    print(f"\nreferences graded in {record.seconds:.0f} s ({record.isolation})")

@@ -222,6 +222,7 @@ def test_a_worker_that_dies_raises_runtime_error(impl):
 
 
 @pytest.mark.points(3)
+@pytest.mark.timeout(40)  # waits out launch's own 8 s timeout, then checks the workers are gone
 def test_a_hanging_worker_times_out(impl):
     """A worker that never returns gives TimeoutError within the timeout, and every worker is killed."""
     timeout = 8.0
@@ -306,6 +307,7 @@ def _run(command, tmp_path, **env_overrides):
 
 
 @pytest.mark.points(3)
+@pytest.mark.timeout(90)  # starts torchrun or accelerate: 3 fresh Python processes importing torch
 def test_environment_matches_torchrun(impl, tmp_path):
     """Each rank's RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE equal those torchrun --nproc_per_node 2 gives."""
     ours = unwrap(workers.guarded_launch(impl.launch, workers.rank_environment, 2).result())
@@ -327,6 +329,7 @@ def test_environment_matches_torchrun(impl, tmp_path):
 
 
 @pytest.mark.points(3)
+@pytest.mark.timeout(90)  # starts torchrun or accelerate: 3 fresh Python processes importing torch
 def test_the_same_worker_runs_under_accelerate_launch(impl, request, tmp_path):
     """The data-parallel worker, run by `accelerate launch --multi_gpu --num_processes 2` on CPU, gives launch's parameters."""
     x, y = torch.randn(8, 6), torch.randn(8, 3)
