@@ -101,6 +101,8 @@ def grading(repeats: int) -> list[dict]:
         commands["llmlab grade (one submission)"] = [*LLMLAB, "grade", str(sub.parent), "--out", str(out),
                                                      "--force", "--quiet"]
         medians = interleaved(commands, repeats)
+        # where the time of the last `llmlab grade` went, from its record
+        record = json.loads((out / "learner" / "record.json").read_text())
     direct = medians["all hidden suites, one pytest"]
     isolated = medians["llmlab grade (one submission)"]
     rows = [{"what": f"pytest grader/hidden/{name} (reference)", "seconds": s, "ratio": None, "target": ""}
@@ -108,19 +110,56 @@ def grading(repeats: int) -> list[dict]:
     rows.append({"what": "all hidden suites in one pytest run", "seconds": direct, "ratio": 1.0, "target": ""})
     rows.append({"what": "llmlab grade, one full submission", "seconds": isolated, "ratio": isolated / direct,
                  "target": "met (< 30 s)" if isolated < 30 else "MISSED (>= 30 s)"})
+    tests = record["tests"]
+    in_tests = sum(t["duration"] for t in tests)
+    for name in sorted({t["module"] for t in tests}):
+        mine = [t["duration"] for t in tests if t["module"] == name]
+        rows.append({"what": f"where it went: {name}, {len(mine)} tests in forked children", "seconds": sum(mine),
+                     "ratio": None, "target": f"median {1000 * statistics.median(mine):.0f} ms per test"})
+    rows.append({"what": "where it went: worker start (namespaces, imports, collection), judge", "seconds":
+                 record["seconds"] - in_tests, "ratio": None, "target": ""})
     return rows
 
 
 # 3. Throughput ----------------------------------------------------------------------------------------
 
 
+def generated_class(dest: Path, size: int, seed: int = 0) -> dict[str, int]:
+    """A class mid-course, drawn with a fixed seed: each learner's file for each module is the reference
+    (50%), one of the known mistakes of tests/mutants (30%), the untouched stub (15%), or missing (5%)."""
+    import random
+
+    sys.path.insert(0, str(ROOT / "tests"))
+    from mutation import load_catalogue
+
+    rng = random.Random(seed)
+    drawn = {"reference": 0, "mutant": 0, "stub": 0, "missing": 0}
+    for i in range(size):
+        learner = dest / f"learner{i:02d}"
+        learner.mkdir(parents=True)
+        for module in existing_modules():
+            kind = rng.choices(list(drawn), weights=[50, 30, 15, 5])[0]
+            mutants = load_catalogue(module).mutants
+            if kind == "mutant" and not mutants:
+                kind = "reference"
+            drawn[kind] += 1
+            if kind == "missing":
+                continue
+            target = learner / module.name / module.file
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if kind == "mutant":
+                rng.choice(mutants).write_root(module, learner)
+            else:
+                shutil.copy(ROOT / ("solutions" if kind == "reference" else "exercises") / module.name / module.file, target)
+    return drawn
+
+
 def throughput(class_size: int) -> list[dict]:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
-        reference = full_submission(Path(tmp) / "reference")
         class_dir = Path(tmp) / "class"
-        for i in range(class_size):
-            shutil.copytree(reference, class_dir / f"learner{i:02d}")
+        drawn = generated_class(class_dir, class_size)
+        print(f"benchmarks: generated class of {class_size}: {drawn} module files", flush=True)
         per_minute = {}
         for jobs in (1, 2):
             out = Path(tmp) / f"grades-{jobs}"
