@@ -252,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"benchmarks: {part} took {time.perf_counter() - start:.0f} s", flush=True)
     titles = {
         "latency": "1. Learner feedback: public tests against the reference, over `import torch`",
-        "grading": "2. Hidden grading: one full submission",
+        "grading": f"2. Hidden grading: one full submission (medians of {max(1, args.repeats // 2)} runs: each takes minutes)",
         "throughput": "3. Throughput: a class of generated submissions",
         "kernels": "4. Reference code against the libraries (forward + backward, CPU)",
         "kv cache": "4b. Greedy generation with and without the KV cache",
