@@ -65,6 +65,10 @@ class ExpectedTest:
     def name(self) -> str:
         return self.id.split("::", 1)[-1]
 
+    def seconds_allowed(self, default: float) -> float:
+        """The grader's --timeout, or more if the test asks for it."""
+        return max(default, self.timeout)
+
 
 class _Collect:
     def __init__(self) -> None:
@@ -341,7 +345,7 @@ def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None,
                 f"  Next step: fix the file so that `python {file}` runs without error.",
         "missing": f"There is no {file} in your submission: the tests of {module.name} need it.",
         "rejected": f"Your submission was not graded: {text}.",
-        "timeout": f"This test was stopped after {max(options.timeout, test.timeout):g} s: an infinite loop, or code much slower than needed?",
+        "timeout": f"This test was stopped after {test.seconds_allowed(options.timeout):g} s: an infinite loop, or code much slower than needed?",
         "exited": f"{text}: your code crashed, called exit, or used more memory or processes than allowed "
                   f"({options.memory_mb} MB).",
         "memory": f"Your code ran out of memory (the limit is {options.memory_mb} MB more than the grader's own){where}: {text}",
@@ -455,7 +459,7 @@ def run_worker(submission: Submission, modules: list[Module], expected: list[Exp
     try:
         process.stdin.write((json.dumps(config) + "\n").encode())
         process.stdin.close()
-        budget = options.startup_s + sum(max(options.timeout, t.timeout) + 5 for t in expected) + len(modules) * (options.timeout + 5)
+        budget = options.startup_s + sum(t.seconds_allowed(options.timeout) + 5 for t in expected) + len(modules) * (options.timeout + 5)
         deadline = time.monotonic() + budget
         buffer = b""
         done = False

@@ -151,8 +151,10 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 def timeout_for(item: pytest.Item, default: float) -> float:
     """Seconds the grader allows `item`: its `timeout` marker if that asks for more than `default`."""
     marker = item.get_closest_marker("timeout")
-    wanted = float(marker.args[0]) if marker and marker.args else float(marker.kwargs.get("timeout", 0)) if marker else 0.0
-    return max(default, wanted)
+    if marker is None:
+        return default
+    seconds = marker.args[0] if marker.args else marker.kwargs.get("timeout", 0)
+    return max(default, float(seconds))
 
 
 def seed_for(base_seed: int, item: pytest.Item) -> int:

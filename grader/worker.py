@@ -400,7 +400,8 @@ def _classify(error: BaseException, impl_dir: str) -> dict:
 
 
 def _run_item(item) -> dict:
-    """setup, call, teardown of one test, classified by us (no pytest report: no traceback, no source)."""
+    """setup, call, teardown of one test, classified by us from the exception (pytest's reports are made for
+    plugins such as tmp_path, never sent: no traceback, no hidden source reaches the learner)."""
     import contextlib
 
     import pytest
