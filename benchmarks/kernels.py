@@ -21,8 +21,8 @@ from torch.utils import benchmark
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from grader.course import get_module  # noqa: E402
-from grader.loader import load_implementation  # noqa: E402
+from grader.harness.course import get_module  # noqa: E402
+from grader.harness.loader import load_implementation  # noqa: E402
 
 
 def reference(name: str):

@@ -25,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from grader.course import existing_modules  # noqa: E402
+from grader.harness.course import existing_modules  # noqa: E402
 
 PY = sys.executable
 LLMLAB = [PY, "-c", "import sys; from grader.cli import main; sys.exit(main())"]

@@ -3,6 +3,6 @@
 This package is imported by every stub (for `NotImplementedYet`), so it stays light: no torch here.
 """
 
-from grader.errors import ImplementationLoadError, NotImplementedYet
+from grader.harness.errors import ImplementationLoadError, NotImplementedYet
 
 __all__ = ["ImplementationLoadError", "NotImplementedYet"]

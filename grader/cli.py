@@ -7,7 +7,7 @@ import sys
 
 
 def _stubs(args: argparse.Namespace) -> int:
-    from grader.stubs import stale_stubs, write_stubs
+    from grader.publish.stubs import stale_stubs, write_stubs
 
     if args.check:
         stale = stale_stubs()
@@ -20,14 +20,14 @@ def _stubs(args: argparse.Namespace) -> int:
 
 
 def _progress(args: argparse.Namespace) -> int:
-    from grader.learner import format_progress, progress
+    from grader.harness.learner import format_progress, progress
 
     print(format_progress(progress()))
     return 0
 
 
 def _check(args: argparse.Namespace) -> int:
-    from grader.learner import check
+    from grader.harness.learner import check
 
     code, text = check(args.module)
     print(text)
@@ -35,20 +35,20 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _hint(args: argparse.Namespace) -> int:
-    from grader.learner import hint
+    from grader.harness.learner import hint
 
     print(hint(args.module, args.level))
     return 0
 
 
 def _watch(args: argparse.Namespace) -> int:
-    from grader.learner import watch
+    from grader.harness.learner import watch
 
     return watch(args.module)
 
 
 def _release(args: argparse.Namespace) -> int:
-    from grader.release import release
+    from grader.publish.release import release
 
     for path in release(args.out, make_zip=args.zip):
         print(f"wrote {path}")
@@ -56,7 +56,7 @@ def _release(args: argparse.Namespace) -> int:
 
 
 def _nbgrader(args: argparse.Namespace) -> int:
-    from grader.nbgrader_course import build_course
+    from grader.publish.nbgrader_course import build_course
 
     print(f"wrote {build_course(args.out)}")
     return 0
@@ -65,7 +65,7 @@ def _nbgrader(args: argparse.Namespace) -> int:
 def _grade(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from grader.grade import Options, class_seed, grade_class, graded_modules, summary_table
+    from grader.judge.grade import Options, class_seed, grade_class, graded_modules, summary_table
 
     modules = graded_modules([m for m in args.modules.split(",") if m] if args.modules else None)
     if not modules:
@@ -83,7 +83,7 @@ def _grade(args: argparse.Namespace) -> int:
 def _gradescope(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from grader import gradescope
+    from grader.judge import gradescope
 
     if args.action == "build":
         path = gradescope.build(Path(args.target), timeout=args.timeout, memory_mb=args.memory)

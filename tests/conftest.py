@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from grader.course import REPO_ROOT, Module
-from grader.runner import SuiteResult, run_suite
+from grader.harness.course import REPO_ROOT, Module
+from grader.harness.runner import SuiteResult, run_suite
 
 pytest_plugins = ["pytester"]
 

@@ -15,7 +15,7 @@ import importlib.util
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader.course import REPO_ROOT, Module
+from grader.harness.course import REPO_ROOT, Module
 
 CATALOGUES = Path(__file__).parent / "mutants"
 

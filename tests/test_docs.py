@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.course import existing_modules
+from grader.harness.course import existing_modules
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import pytest
 
-from grader import grade
-from grader.audit import audit_source
-from grader.course import REPO_ROOT, get_module
-from grader.sandbox import UID_BASE
+from grader.judge import grade
+from grader.judge.audit import audit_source
+from grader.harness.course import REPO_ROOT, get_module
+from grader.judge.sandbox import UID_BASE
 
 MODULE = get_module("01_rmsnorm")
 REFERENCE = (REPO_ROOT / "solutions" / "01_rmsnorm" / "rmsnorm.py").read_text()
@@ -358,7 +358,7 @@ def test_the_references_get_full_marks_from_llmlab_grade(tmp_path):
     (module 08's ranks must import the suite's worker functions; Python installed under /root must stay
     importable for the private uid; tmp_path needs its reports; torchrun needs more than --timeout).
     """
-    from grader.course import existing_modules
+    from grader.harness.course import existing_modules
 
     learner = tmp_path / "class" / "reference"
     modules = [m for m in existing_modules() if (REPO_ROOT / "grader" / "hidden" / m.name).is_dir()]

@@ -7,9 +7,9 @@ import textwrap
 import pytest
 import torch
 
-from grader.checks import assert_close, assert_raises, assert_shape
-from grader.errors import NotImplementedYet
-from grader.stubs import MarkerError, make_stub
+from grader.harness.checks import assert_close, assert_raises, assert_shape
+from grader.harness.errors import NotImplementedYet
+from grader.publish.stubs import MarkerError, make_stub
 
 # ------------------------------------------------------------------------------------------------
 # The plugin, seen from a learner's run (pytester runs pytest in a temporary folder)
@@ -250,8 +250,8 @@ def test_loaded_files_stay_importable_by_name_for_worker_processes(tmp_path, mon
     import subprocess
     import sys
 
-    from grader import loader
-    from grader.course import get_module
+    from grader.harness import loader
+    from grader.harness.course import get_module
 
     module = get_module("01_rmsnorm")
     (tmp_path / module.name).mkdir()

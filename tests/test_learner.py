@@ -6,8 +6,8 @@ import shutil
 
 import pytest
 
-from grader.course import REPO_ROOT
-from grader.learner import check, format_progress, hint, progress, watch
+from grader.harness.course import REPO_ROOT
+from grader.harness.learner import check, format_progress, hint, progress, watch
 
 
 @pytest.fixture

@@ -10,8 +10,8 @@ import sys
 
 import pytest
 
-from grader.course import REPO_ROOT, existing_modules
-from grader.stubs import stale_stubs
+from grader.harness.course import REPO_ROOT, existing_modules
+from grader.publish.stubs import stale_stubs
 from mutation import load_catalogue
 
 MODULES = existing_modules()

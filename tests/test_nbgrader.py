@@ -18,8 +18,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from grader.course import REPO_ROOT
-from grader.nbgrader_course import (
+from grader.harness.course import REPO_ROOT
+from grader.publish.nbgrader_course import (
     HIDDEN_BEGIN,
     HIDDEN_END,
     build_course,
@@ -28,8 +28,8 @@ from grader.nbgrader_course import (
     solution_source,
     split_tests,
 )
-from grader.notebook import TestsFailed, run_tests
-from grader.stubs import BEGIN, END
+from grader.harness.notebook import TestsFailed, run_tests
+from grader.publish.stubs import BEGIN, END
 
 MODULES = notebook_modules()  # module 08 starts processes: not in notebooks (see NOT_IN_NOTEBOOKS)
 

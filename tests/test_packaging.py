@@ -14,10 +14,10 @@ import sys
 import tomllib
 from pathlib import Path
 
-from grader.course import REPO_ROOT
+from grader.harness.course import REPO_ROOT
 
 # grader files that belong to an extra, and the extra that must provide what they import
-EXTRA_OF = {"grader/nbgrader_course.py": "nbgrader"}
+EXTRA_OF = {"grader/publish/nbgrader_course.py": "nbgrader"}
 
 
 def _name(requirement: str) -> str:

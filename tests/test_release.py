@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from grader.course import REPO_ROOT, existing_modules
-from grader.release import build_handout, learner_grader_files, zip_folder
+from grader.harness.course import REPO_ROOT, existing_modules
+from grader.publish.release import build_handout, learner_grader_files, zip_folder
 
 MODULES = existing_modules()
 
@@ -50,7 +50,7 @@ def files_under(folders) -> list[Path]:
 
 
 def secret_lines() -> set[str]:
-    public = lines_of(files_under(PUBLIC_DIRS)) | lines_of((REPO_ROOT / "grader").glob("*.py"))
+    public = lines_of(files_under(PUBLIC_DIRS)) | lines_of((REPO_ROOT / "grader").glob("*.py")) | lines_of((REPO_ROOT / "grader" / "harness").glob("*.py"))
     secret = lines_of(files_under(SECRET_DIRS)) - public
     return {line for line in secret if len(line) >= MIN_LENGTH and not line.startswith("#")}
 
@@ -90,7 +90,7 @@ def test_handout_has_every_existing_module(handout):
         if (REPO_ROOT / "exercises" / module.name / "hints.md").is_file():
             assert (folder / "hints.md").is_file()
         assert "NotImplementedYet" in (folder / module.file).read_text()
-    for name in ("README.md", "pyproject.toml", "grader/plugin.py", "grader/checks.py", "grader/loader.py"):
+    for name in ("README.md", "pyproject.toml", "grader/harness/plugin.py", "grader/harness/checks.py", "grader/harness/loader.py"):
         assert (handout / name).is_file(), name
 
 
@@ -108,10 +108,11 @@ def test_handout_has_nothing_instructor_only(handout):
     names = {p.relative_to(handout).as_posix() for p in handout.rglob("*")}
     forbidden = re.compile(r"(^|/)(solutions|hidden|mutants|tests|\.git|__pycache__|\.ci)(/|$)|\.pyc$|\.pyo$")
     assert not [n for n in names if forbidden.search(n)], [n for n in names if forbidden.search(n)]
-    shipped = {p.name for p in (handout / "grader").iterdir()}
-    assert not shipped & {"release.py", "nbgrader_course.py", "stubs.py"}, shipped
-    # every grader file is either needed by the learner's harness or absent
+    shipped = {p.relative_to(handout / "grader").as_posix() for p in (handout / "grader").rglob("*") if p.is_file()}
+    assert not [n for n in shipped if n.startswith(("judge/", "publish/"))], shipped
+    # the handout's grader is the package's top and the harness wing, exactly
     assert shipped == set(learner_grader_files()), shipped ^ set(learner_grader_files())
+    assert {"__init__.py", "cli.py", "harness/plugin.py", "harness/learner.py", "harness/notebook.py"} <= shipped
 
 
 def test_no_reference_line_reaches_the_handout(handout):
@@ -135,15 +136,17 @@ def test_the_scan_catches_a_leak(handout, tmp_path):
 
 
 def test_handout_grader_imports_only_what_it_ships(handout):
-    """Every `grader.X` a shipped harness file imports is shipped (the CLI's instructor commands excepted)."""
-    from grader.release import grader_imports
+    """Every `grader.X` module a shipped file imports is shipped (the CLI's lazy instructor commands excepted)."""
+    from layout import grader_imports
 
-    shipped = {p.name for p in (handout / "grader").glob("*.py")}
-    for path in (handout / "grader").glob("*.py"):
+    grader = handout / "grader"
+    shipped = {".".join(("grader", *p.relative_to(grader).with_suffix("").parts)) for p in grader.rglob("*.py")}
+    shipped |= {name.removesuffix(".__init__") for name in shipped}
+    for path in grader.rglob("*.py"):
         if path.name == "cli.py":
             continue
         missing = grader_imports(path) - shipped
-        assert not missing, f"{path.name} imports {missing}, which the handout lacks"
+        assert not missing, f"{path.relative_to(grader)} imports {missing}, which the handout lacks"
 
 
 def test_zip_holds_the_same_files(handout, tmp_path):
@@ -159,7 +162,7 @@ def test_zip_holds_the_same_files(handout, tmp_path):
 def test_cli_release_refuses_a_non_empty_folder(tmp_path):
     """`llmlab release OUT` into a folder that already holds files is an error, not a merge."""
     from grader.cli import main
-    from grader.release import ReleaseError
+    from grader.publish.release import ReleaseError
 
     (tmp_path / "x.txt").write_text("mine")
     with pytest.raises(ReleaseError, match="not empty"):
@@ -219,7 +222,7 @@ def test_handout_installs_and_runs_the_learner_loop(handout, tmp_path):
                              cwd=copy, env=env, capture_output=True, text=True)
     assert install.returncode == 0, install.stdout[-3000:] + install.stderr[-3000:]
     # the harness comes from the handout, not from the repository
-    where = subprocess.check_output([python, "-c", "import grader.plugin; print(grader.plugin.__file__)"], cwd=tmp_path, env=env, text=True)
+    where = subprocess.check_output([python, "-c", "import grader.harness.plugin; print(grader.harness.plugin.__file__)"], cwd=tmp_path, env=env, text=True)
     assert Path(where.strip()).resolve().is_relative_to(copy.resolve()), where
 
     def run_public(tag: str) -> tuple[dict[str, str], str]:

@@ -23,8 +23,8 @@ import torch  # noqa: E402
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from grader.course import get_module  # noqa: E402
-from grader.loader import load_implementation  # noqa: E402
+from grader.harness.course import get_module  # noqa: E402
+from grader.harness.loader import load_implementation  # noqa: E402
 
 BLUE, ORANGE, GREEN, RED, GREY = "#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#7f7f7f"
 

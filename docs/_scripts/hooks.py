@@ -19,7 +19,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from grader.course import MODULES  # noqa: E402
+from grader.harness.course import MODULES  # noqa: E402
 
 GUIDES = [
     {"Instructors": "instructors.md"},
@@ -45,7 +45,7 @@ def on_config(config, **kwargs):
 
 
 def on_pre_build(config, **kwargs):
-    from grader.release import draw_figures
+    from grader.publish.release import draw_figures
 
     missing = draw_figures(ROOT, Path(config["docs_dir"]) / "figures")
     if missing:

@@ -6,7 +6,7 @@ long positions, transformers' LlamaRotaryEmbedding as the oracle). Read docs/02_
 
 import torch
 
-from grader.checks import assert_close, assert_raises
+from grader.harness.checks import assert_close, assert_raises
 
 
 def angles_float64(positions, head_dim, base=10000.0):

@@ -7,7 +7,7 @@ LoRA layer and get_peft_model as the oracle, dropout, initialisation, training).
 import torch
 from torch import nn
 
-from grader.checks import assert_close, assert_raises
+from grader.harness.checks import assert_close, assert_raises
 
 
 def lora_float64(base, A, B, x, scaling):

@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import torch
 
-from grader.checks import assert_raises, tolerance_for
+from grader.harness.checks import assert_raises, tolerance_for
 
 # The results are float64 evaluations of a few products and quotients, so they may differ from the
 # exact value in the last bits: compare with the float64 tolerance of the harness.

@@ -6,7 +6,7 @@ float16 and bfloat16, zero rows, error bounds, outlier thresholds). Read docs/05
 
 import torch
 
-from grader.checks import assert_close
+from grader.harness.checks import assert_close
 
 
 def test_quantize_a_small_row(impl):

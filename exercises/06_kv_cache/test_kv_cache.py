@@ -6,7 +6,7 @@ and LlamaForCausalLM.generate as oracles, dtypes, devices, bad inputs). Read doc
 
 import torch
 
-from grader.checks import assert_close, assert_raises, assert_shape
+from grader.harness.checks import assert_close, assert_raises, assert_shape
 
 
 def small_model(impl, num_kv_heads=2):

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from grader.checks import assert_close, assert_raises
+from grader.harness.checks import assert_close, assert_raises
 
 
 def logps_by_hand(logits, labels, ignore_index=-100):

@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # worker processes import the workers from this folder
 import launch_workers as workers  # noqa: E402
 
-from grader.checks import assert_close, assert_raises  # noqa: E402
+from grader.harness.checks import assert_close, assert_raises  # noqa: E402
 
 
 def test_shard_gives_contiguous_slices(impl):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from grader.checks import assert_close, assert_raises
+from grader.harness.checks import assert_close, assert_raises
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(64,), (3, 64), (2, 5, 128), (2, 2, 3, 96)]

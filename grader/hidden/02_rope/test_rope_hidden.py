@@ -11,7 +11,7 @@ import torch
 from transformers import LlamaConfig
 from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
-from grader.checks import assert_close, assert_raises, assert_shape, tolerance_for
+from grader.harness.checks import assert_close, assert_raises, assert_shape, tolerance_for
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 BASES = [10000.0, 500000.0, 1000000.0]  # Llama 2, Llama 3, Qwen 2

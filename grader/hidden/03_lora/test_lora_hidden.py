@@ -18,7 +18,7 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.pytorch_utils import Conv1D
 
-from grader.checks import assert_close, assert_raises
+from grader.harness.checks import assert_close, assert_raises
 
 CONFIGS = [(4, 8.0), (8, 16.0), (2, 32.0)]  # (r, alpha): scaling 2, 2 and 16
 

@@ -18,7 +18,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from grader.checks import assert_raises, tolerance_for
+from grader.harness.checks import assert_raises, tolerance_for
 
 GB = 10**9  # the paper's gigabyte (not GiB = 2**30)
 

@@ -13,7 +13,7 @@ import torch
 import bitsandbytes as bnb
 import bitsandbytes.functional as F
 
-from grader.checks import assert_close, assert_shape, tolerance_for
+from grader.harness.checks import assert_close, assert_shape, tolerance_for
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from grader.checks import assert_close, assert_raises, assert_shape
+from grader.harness.checks import assert_close, assert_raises, assert_shape
 
 VOCAB = 96
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

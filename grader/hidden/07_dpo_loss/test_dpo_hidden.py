@@ -13,7 +13,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.loss.loss_utils import ForCausalLMLoss
 
-from grader.checks import assert_close, assert_raises, assert_shape
+from grader.harness.checks import assert_close, assert_raises, assert_shape
 
 VOCAB = 48
 LOSS_TYPES = ["sigmoid", "ipo", "hinge"]

@@ -21,9 +21,9 @@ HERE = Path(__file__).parent
 sys.path.insert(0, str(HERE))  # worker processes import the workers from this folder
 import launch_hidden_workers as workers  # noqa: E402
 
-from grader.checks import assert_close, assert_raises  # noqa: E402
-from grader.loader import load_implementation, module_path  # noqa: E402
-from grader.plugin import course_module_of, impl_root  # noqa: E402
+from grader.harness.checks import assert_close, assert_raises  # noqa: E402
+from grader.harness.loader import load_implementation, module_path  # noqa: E402
+from grader.harness.plugin import course_module_of, impl_root  # noqa: E402
 
 BACKENDS = ["gloo"] + (["nccl"] if torch.cuda.device_count() >= 2 and torch.distributed.is_nccl_available() else [])
 EXACT_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")

@@ -6,7 +6,7 @@ transformers' LlamaRMSNorm as the oracle). Read docs/01_rmsnorm.md.
 
 import torch
 
-from grader.checks import assert_close, assert_raises
+from grader.harness.checks import assert_close, assert_raises
 
 
 def rms_norm_float64(x, weight=None, eps=1e-6):

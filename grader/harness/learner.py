@@ -1,6 +1,6 @@
 """The learner's commands: `llmlab progress`, `check`, `hint` and `watch`.
 
-All of them run the *public* suites in this process (grader/runner.py), so a run costs one
+All of them run the *public* suites in this process (grader/harness/runner.py), so a run costs one
 `import torch` and no heavy library, whatever the number of modules.
 """
 
@@ -13,9 +13,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader.course import MODULES, Module, get_module
-from grader.files import atomic_write
-from grader.runner import SuiteResult, TestResult, run_suite
+from grader.harness.course import MODULES, Module, get_module
+from grader.harness.files import atomic_write
+from grader.harness.runner import SuiteResult, TestResult, run_suite
 
 NOT_IMPLEMENTED = "is not implemented yet"
 

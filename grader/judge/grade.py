@@ -4,7 +4,7 @@ The judge (this process) never runs a submission's code. It:
 
 1. collects the hidden suites itself (test ids, points, what each test checks), learner code not loaded;
 2. reads each submission (folder or zip), keeps only the course's module files, reports the rest;
-3. runs a worker (grader/worker.py) per submission in a sandbox (grader/sandbox.py) that forks one child
+3. runs a worker (grader/judge/worker.py) per submission in a sandbox (grader/judge/sandbox.py) that forks one child
    per test, and reads back one result per test over a pipe;
 4. accepts only results for the ids it collected, one each; a test with no result failed, with the
    reason; points come from its own collection, the messages from the test's description, the teaching
@@ -36,10 +36,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from grader.audit import audit_files
-from grader.course import MODULES, REPO_ROOT, Module, find_module, get_module
-from grader.files import atomic_write
-from grader.sandbox import UID_BASE, Isolation, Sandbox, detect_isolation, has_hidden_suite, hidden_suite, secret_paths
+from grader.judge.audit import audit_files
+from grader.harness.course import MODULES, REPO_ROOT, Module, find_module, get_module
+from grader.harness.files import atomic_write
+from grader.judge.sandbox import UID_BASE, Isolation, Sandbox, detect_isolation, has_hidden_suite, hidden_suite, secret_paths
 
 LEARNER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
 MAX_FILE_BYTES = 1 << 20
@@ -80,8 +80,8 @@ class _Collect:
             self.errors.append(f"{report.nodeid}: {report.longreprtext[-2000:]}")
 
     def pytest_collection_finish(self, session) -> None:
-        from grader.plugin import _what_it_checks, course_module_of, timeout_for
-        from grader.worker import normal_id
+        from grader.harness.plugin import _what_it_checks, course_module_of, timeout_for
+        from grader.judge.worker import normal_id
 
         for item in session.items:
             module = course_module_of(item.path)
@@ -94,14 +94,14 @@ def collect_expected(modules: list[Module]) -> list[ExpectedTest]:
     """The hidden tests of `modules`, in order, with their points: collected in this (trusted) process."""
     import pytest
 
-    from grader.loader import clear_cache
+    from grader.harness.loader import clear_cache
 
     collector = _Collect()
     with tempfile.TemporaryDirectory() as folder:
         ini = Path(folder) / "pytest.ini"
         ini.write_text("[pytest]\n")
         args = [*(str(hidden_suite(m)) for m in modules), "--collect-only", "-q", "-c", str(ini), "--rootdir", str(REPO_ROOT),
-                "-p", "no:cacheprovider", "-p", "no:llmlab", "-p", "grader.plugin", "--import-mode=importlib", "--assert=plain"]
+                "-p", "no:cacheprovider", "-p", "no:llmlab", "-p", "grader.harness.plugin", "--import-mode=importlib", "--assert=plain"]
         with contextlib.redirect_stdout(io.StringIO()):
             code = pytest.main(args, plugins=[collector])
     clear_cache()

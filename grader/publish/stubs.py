@@ -18,7 +18,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from grader.course import MODULES, REPO_ROOT, Module
+from grader.harness.course import MODULES, REPO_ROOT, Module
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"

@@ -1,7 +1,7 @@
 """A static audit of submitted files: what a course module has no reason to touch, flagged for a human.
 
 The sandbox makes these tricks useless or contained; the audit makes attempts visible in the gradebook
-(`review` column), because a child process can always lie about its own test (see grader/worker.py).
+(`review` column), because a child process can always lie about its own test (see grader/judge/worker.py).
 Flags never change a grade: an instructor reads the file and decides.
 """
 

@@ -23,15 +23,15 @@ import traceback
 from pathlib import Path
 from types import ModuleType
 
-from grader.course import Module
-from grader.errors import ImplementationLoadError
+from grader.harness.course import Module
+from grader.harness.errors import ImplementationLoadError
 
 _cache: dict[Path, ModuleType | ImplementationLoadError] = {}
 # The shim folder, created on first use. Kept in a list that is filled, never rebound: the grader's
 # sandbox checks that no global of the harness changes identity while a learner's code runs.
 _shim_dirs: list[Path] = []
 
-_SHIM = """# Written by grader/loader.py: loads the learner's file under this module's name in spawned processes.
+_SHIM = """# Written by grader/harness/loader.py: loads the learner's file under this module's name in spawned processes.
 import importlib.util, sys
 _spec = importlib.util.spec_from_file_location(__name__, {path!r})
 sys.modules[__name__] = _module = importlib.util.module_from_spec(_spec)

@@ -5,7 +5,7 @@
 
 Each notebook, top to bottom:
 - the chapter (docs/NN_name.md) as read-only markdown cells, one per `## ` section;
-- a read-only setup cell: `%load_ext grader.notebook` (the in-kernel test runner, see grader/notebook.py);
+- a read-only setup cell: `%load_ext grader.harness.notebook` (the in-kernel test runner, see grader/harness/notebook.py);
 - the reference file as an autograded-answer cell: its `### BEGIN SOLUTION` / `### END SOLUTION` regions
   (the very regions `llmlab stubs` uses) become nbgrader's `raise NotImplementedError()` on release.
   A region outside any function (an import or helper only the reference needs) is wrapped in
@@ -31,8 +31,8 @@ from pathlib import Path
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
-from grader.course import REPO_ROOT, Module, existing_modules
-from grader.stubs import BEGIN, END, _enclosing_functions, solution_path
+from grader.harness.course import REPO_ROOT, Module, existing_modules
+from grader.publish.stubs import BEGIN, END, _enclosing_functions, solution_path
 
 HIDDEN_BEGIN = "### BEGIN HIDDEN TESTS"
 HIDDEN_END = "### END HIDDEN TESTS"
@@ -211,7 +211,7 @@ def module_notebook(module: Module, root: Path = REPO_ROOT) -> nbformat.Notebook
             cells.append(new_markdown_cell(text, metadata=_meta(f"{key}_chapter_{i}", locked=True)))
     cells.append(new_code_cell(
         "# The course's test runner (needs the llmlab package in this kernel: see the course's instructions).\n"
-        "%load_ext grader.notebook",
+        "%load_ext grader.harness.notebook",
         metadata=_meta(f"{key}_setup", locked=True),
     ))
     reference = solution_path(module, root)

@@ -1,6 +1,6 @@
-"""The grading worker: runs inside a sandbox folder, one per submission, started by `grader.grade`.
+"""The grading worker: runs inside a sandbox folder, one per submission, started by `grader.judge.grade`.
 
-    python -m grader.worker          (configuration as one JSON line on stdin, never in argv or env)
+    python -m grader.judge.worker          (configuration as one JSON line on stdin, never in argv or env)
 
 It is a *zygote*: it imports torch, pytest and the hidden suites, collects the tests (the learner's code
 is loaded lazily by the `impl` fixture, so none of it runs here), then forks one child per test. Only
@@ -9,10 +9,10 @@ memory, CPU time, processes and file size, its output sent to /dev/null, and a t
 here. A child sends one JSON line back on its own pipe, carrying a nonce it was given at fork; the
 zygote forwards at most one result per test to the judge on a pipe that no child holds open.
 
-What comes back is *evidence*, not a verdict: the judge (grader/grade.py) only accepts results for the
+What comes back is *evidence*, not a verdict: the judge (grader/judge/grade.py) only accepts results for the
 tests it collected itself, one per test, takes points from its own collection, and treats a missing
 result as a failure. A child that forges its own "passed" line can still lie about its own test: that
-residual risk is why the judge also audits the source (grader/audit.py) and why the child checks, after
+residual risk is why the judge also audits the source (grader/judge/audit.py) and why the child checks, after
 the test, that the grader's functions it depends on were not swapped while the learner's code ran.
 """
 
@@ -88,7 +88,7 @@ def _private_folders(keep: list[str]) -> list[str]:
     700, holding a pyenv Python) as empty ones. What the worker needs from under them is bound back in
     place: the sandbox folder (often under /tmp), the Python environment and the course (a CI checkout or
     a virtual environment may well live under /tmp or /root)."""
-    from grader.sandbox import closed_folders
+    from grader.judge.sandbox import closed_folders
 
     wanted = sorted({os.path.realpath(k) for k in keep if k and os.path.isdir(k)} - set(SHARED_WRITABLE))
     done = []
@@ -182,7 +182,7 @@ class Zygote:
         self.send({"type": "collected", "ids": [normal_id(item) for item in session.items]})
 
     def pytest_runtestloop(self, session) -> bool:
-        from grader.plugin import course_module_of, timeout_for
+        from grader.harness.plugin import course_module_of, timeout_for
 
         groups: dict[str, list] = {}
         for item in session.items:
@@ -190,7 +190,7 @@ class Zygote:
             groups.setdefault(module.name if module else "", []).append(item)
         import importlib
 
-        watched = [importlib.import_module(name) for name in ("grader.checks", "grader.plugin", "grader.loader", "grader.errors")]
+        watched = [importlib.import_module(name) for name in ("grader.harness.checks", "grader.harness.plugin", "grader.harness.loader", "grader.harness.errors")]
         watched += sorted({item.module for item in session.items}, key=lambda m: m.__name__)
         self.baseline = _fingerprint(watched)
         self.watched = watched
@@ -341,7 +341,7 @@ def _public(result: dict) -> dict:
 
 def normal_id(item) -> str:
     """`01_rmsnorm/test_rmsnorm_hidden.py::test_x[case]`: the same in the sandbox and in the repo."""
-    from grader.course import find_module
+    from grader.harness.course import find_module
 
     parts = item.nodeid.split("::", 1)
     path = Path(parts[0])
@@ -380,7 +380,7 @@ def _learner_line(error: BaseException, impl_dir: str) -> int | None:
 def _classify(error: BaseException, impl_dir: str) -> dict:
     from _pytest.outcomes import Failed, Skipped
 
-    from grader.errors import ImplementationLoadError, NotImplementedYet
+    from grader.harness.errors import ImplementationLoadError, NotImplementedYet
 
     if isinstance(error, NotImplementedYet):
         return {"kind": "todo", "text": error.name}
@@ -389,7 +389,7 @@ def _classify(error: BaseException, impl_dir: str) -> dict:
     if isinstance(error, Skipped):
         return {"kind": "skipped", "text": str(error)[:MAX_TEXT]}
     if isinstance(error, (AssertionError, Failed)):
-        # --assert=plain: the text is the test's own message (grader.checks writes teaching ones),
+        # --assert=plain: the text is the test's own message (grader.harness.checks writes teaching ones),
         # never an explanation rebuilt from the hidden test's source
         return {"kind": "assertion", "text": str(error)[:MAX_TEXT * 2], "line": _learner_line(error, impl_dir)}
     if isinstance(error, MemoryError):
@@ -406,7 +406,7 @@ def _run_item(item) -> dict:
 
     import pytest
 
-    from grader.plugin import impl_root
+    from grader.harness.plugin import impl_root
 
     impl_dir = str(impl_root(item.config))
     hook = item.ihook
@@ -434,9 +434,9 @@ def _run_item(item) -> dict:
 
 def _probe_load(config, module) -> dict:
     """Import the learner's file once, alone: a file that does not load fails all its tests at once."""
-    from grader.errors import ImplementationLoadError
-    from grader.loader import load_implementation
-    from grader.plugin import impl_root
+    from grader.harness.errors import ImplementationLoadError
+    from grader.harness.loader import load_implementation
+    from grader.harness.plugin import impl_root
 
     try:
         load_implementation(impl_root(config), module)
@@ -455,7 +455,7 @@ def main() -> int:
     os.set_inheritable(result_fd, False)
     hidden = []
     if config.get("mount_ns"):
-        from grader.sandbox import runtime_paths
+        from grader.judge.sandbox import runtime_paths
 
         hidden = _private_folders([config["root"], *runtime_paths()]) + _hide_paths(config.get("hide", []))
     if config.get("net_ns"):
@@ -471,7 +471,7 @@ def main() -> int:
         *config["suites"],
         "--impl", config["impl"],
         "--llmlab-seed", str(config["seed"]),
-        "-p", "grader.plugin",
+        "-p", "grader.harness.plugin",
         "-p", "no:cacheprovider",
         "-c", config["ini"],
         "--rootdir", config["root"],

@@ -2,14 +2,14 @@
 
 The nbgrader course (`llmlab nbgrader`) puts each module's tests in notebook cells. Those tests are the
 same files as in the repository: they take the `impl` and `device` fixtures, are parametrized, carry
-`points` markers and use `grader.checks`. Rather than re-implement pytest, a test cell runs real pytest
+`points` markers and use `grader.harness.checks`. Rather than re-implement pytest, a test cell runs real pytest
 in the kernel's process, with `impl` bound to the notebook's globals:
 
-    %load_ext grader.notebook                       # once, in the notebook's setup cell
+    %load_ext grader.harness.notebook                       # once, in the notebook's setup cell
 
     %%llmlab_tests 01_rmsnorm/test_rmsnorm.py       # a test cell: the rest is the test file's source
     import torch
-    from grader.checks import assert_close
+    from grader.harness.checks import assert_close
     def test_rows_have_unit_rms(impl): ...
 
 The cell's source is written to a temporary `01_rmsnorm/test_rmsnorm.py` (same names as in the
@@ -41,10 +41,10 @@ from pathlib import Path
 _NAMESPACE: dict | None = None
 
 _CONFTEST = '''\
-"""Written by grader.notebook: the code under test is the notebook's namespace."""
+"""Written by grader.harness.notebook: the code under test is the notebook's namespace."""
 import pytest
 
-from grader import notebook
+from grader.harness import notebook
 
 
 @pytest.fixture
@@ -90,7 +90,7 @@ class NotebookImplementation:
 
 def current_implementation() -> NotebookImplementation:
     if _NAMESPACE is None:
-        raise RuntimeError("grader.notebook: no notebook namespace is set (run the tests through run_tests)")
+        raise RuntimeError("grader.harness.notebook: no notebook namespace is set (run the tests through run_tests)")
     return NotebookImplementation(_NAMESPACE)
 
 
@@ -111,17 +111,17 @@ class TestsFailed(AssertionError):
 
 
 def _plugin_args() -> list[str]:
-    """`-p grader.plugin` unless the plugin is already registered through the installed entry point."""
-    installed = any(ep.value == "grader.plugin" for ep in importlib.metadata.entry_points(group="pytest11"))
-    return [] if installed else ["-p", "grader.plugin"]
+    """`-p grader.harness.plugin` unless the plugin is already registered through the installed entry point."""
+    installed = any(ep.value == "grader.harness.plugin" for ep in importlib.metadata.entry_points(group="pytest11"))
+    return [] if installed else ["-p", "grader.harness.plugin"]
 
 
 def run_tests(source: str, namespace: dict, test_file: str, *, extra_args: list[str] | None = None) -> float | None:
     """Run the tests in `source` (a test file's text, saved as `test_file`, e.g. "01_rmsnorm/test_x.py")
     against `namespace`. Returns None when all pass, the points earned when only some do; raises
     TestsFailed when none passes (or collection fails)."""
-    from grader.learner import teaching_message
-    from grader.runner import _Collector
+    from grader.harness.learner import teaching_message
+    from grader.harness.runner import _Collector
 
     global _NAMESPACE
     if not source.strip() or "def test" not in source:
@@ -170,14 +170,14 @@ def run_tests(source: str, namespace: dict, test_file: str, *, extra_args: list[
 def pytest_main(args: list[str], collector) -> int:
     import pytest
 
-    from grader.loader import clear_cache
+    from grader.harness.loader import clear_cache
 
     clear_cache()
     return pytest.main(args, plugins=[collector])
 
 
 def load_ipython_extension(ipython) -> None:
-    """`%load_ext grader.notebook` registers the `%%llmlab_tests MODULE/test_file.py` cell magic."""
+    """`%load_ext grader.harness.notebook` registers the `%%llmlab_tests MODULE/test_file.py` cell magic."""
 
     def llmlab_tests(line: str, cell: str):
         test_file = line.strip()

@@ -5,18 +5,17 @@ The handout holds what a learner needs and nothing an instructor keeps back:
     README.md, AGENTS.md, pyproject.toml, .gitignore
     exercises/NN_name/   the stub (generated from the reference, as `llmlab stubs` does), public tests, hints
     docs/                the chapters (Markdown; no code files)
-    grader/              the harness the public tests need: the pytest plugin, the loader, the checks and
-                         tolerances, the learner's commands; found by following imports from those files
+    grader/              `__init__.py`, `cli.py` and the harness wing (`grader/harness/`): the pytest plugin,
+                         the loader, the checks and tolerances, the learner's commands
 
-Never in it: `solutions/`, `grader/hidden/`, the mutants and the project's own `tests/`, the stub
-generator, the grading and release code (any `grader/` file the learner's files do not import), compiled
-files, git history. It works for every module in `grader.course.existing_modules()`: a module appears
+Never in it: `solutions/`, `grader/hidden/`, the mutants and the project's own `tests/`, the judge
+and publish wings (grading, the stub generator, release and nbgrader code), compiled
+files, git history. It works for every module in `grader.harness.course.existing_modules()`: a module appears
 in the handout as soon as its reference exists.
 """
 
 from __future__ import annotations
 
-import ast
 import importlib.util
 import re
 import shutil
@@ -24,13 +23,13 @@ import tomllib
 import zipfile
 from pathlib import Path
 
-from grader.course import REPO_ROOT, Module, existing_modules
-from grader.stubs import make_stub, solution_path
+from grader.harness.course import REPO_ROOT, Module, existing_modules
+from grader.publish.stubs import make_stub, solution_path
 
-# The grader files a learner's run starts from; everything they import from `grader` comes along.
-LEARNER_ENTRY_POINTS = ("__init__.py", "plugin.py", "checks.py", "tolerances.py", "learner.py", "notebook.py")
-# Shipped but not followed: the CLI imports instructor commands lazily, and says so when they are absent.
-SHIPPED_NOT_FOLLOWED = ("cli.py",)
+# The grader files the handout ships: the package's top (the stubs import `grader.NotImplementedYet`; the CLI
+# imports the judge and publish wings lazily and says so when they are absent) and the whole harness wing.
+SHIPPED_TOP = ("__init__.py", "cli.py")
+SHIPPED_WING = "harness"
 SKIPPED_NAMES = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".DS_Store"}
 SKIPPED_SUFFIXES = {".pyc", ".pyo"}
 DISTRIBUTION = "llmlab-handout"
@@ -44,34 +43,10 @@ class ReleaseError(RuntimeError):
 # What goes in
 
 
-def grader_imports(path: Path) -> set[str]:
-    """The `grader.X` modules a file imports, anywhere in it (functions included), as file names."""
-    tree = ast.parse(path.read_text(), str(path))
-    found: set[str] = set()
-    for node in ast.walk(tree):
-        names: list[str] = []
-        if isinstance(node, ast.Import):
-            names = [alias.name for alias in node.names]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names = [node.module] + [f"{node.module}.{alias.name}" for alias in node.names]
-        for name in names:
-            parts = name.split(".")
-            if parts[0] == "grader" and len(parts) > 1:
-                found.add(parts[1] + ".py")
-    return found
-
-
 def learner_grader_files(grader_dir: Path = REPO_ROOT / "grader") -> list[str]:
-    """The grader files the handout needs: the learner's entry points and every grader file they import."""
-    todo = [name for name in LEARNER_ENTRY_POINTS if (grader_dir / name).is_file()]
-    needed: set[str] = set()
-    while todo:
-        name = todo.pop()
-        if name in needed:
-            continue
-        needed.add(name)
-        todo.extend(n for n in grader_imports(grader_dir / name) if (grader_dir / n).is_file())
-    return sorted(needed | {n for n in SHIPPED_NOT_FOLLOWED if (grader_dir / n).is_file()})
+    """The grader files the handout ships, relative to `grader/`: the package's top and the harness wing."""
+    wing = sorted(f"{SHIPPED_WING}/{p.name}" for p in (grader_dir / SHIPPED_WING).glob("*.py"))
+    return [name for name in SHIPPED_TOP if (grader_dir / name).is_file()] + wing
 
 
 def _copy_tree(source: Path, target: Path, skip_suffixes: set[str] = frozenset()) -> None:
@@ -113,7 +88,7 @@ dev = []
 llmlab = "grader.cli:main"
 
 [project.entry-points.pytest11]
-llmlab = "grader.plugin"
+llmlab = "grader.harness.plugin"
 
 [tool.setuptools.packages.find]
 include = ["grader*"]
@@ -212,10 +187,9 @@ def build_handout(out: Path, root: Path = REPO_ROOT, modules: list[Module] | Non
         _copy_tree(root / "docs", out / "docs", skip_suffixes={".py", ".ipynb"})
         draw_figures(root, out / "docs" / "figures")
 
-    grader_out = out / "grader"
-    grader_out.mkdir()
     for name in learner_grader_files(root / "grader"):
-        shutil.copyfile(root / "grader" / name, grader_out / name)
+        (out / "grader" / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / "grader" / name, out / "grader" / name)
 
     if (root / "AGENTS.md").is_file():
         shutil.copyfile(root / "AGENTS.md", out / "AGENTS.md")

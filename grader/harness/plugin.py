@@ -21,8 +21,8 @@ from pathlib import Path
 
 import pytest
 
-from grader.course import Module, find_module
-from grader.errors import ImplementationLoadError, NotImplementedYet
+from grader.harness.course import Module, find_module
+from grader.harness.errors import ImplementationLoadError, NotImplementedYet
 
 POINTS_KEY = pytest.StashKey[float]()
 MODULE_KEY = pytest.StashKey["Module | None"]()
@@ -105,7 +105,7 @@ def course_module(request: pytest.FixtureRequest) -> Module:
 @pytest.fixture
 def impl(request: pytest.FixtureRequest, course_module: Module):
     """The learner's module under test, loaded from the --impl root."""
-    from grader.loader import load_implementation
+    from grader.harness.loader import load_implementation
 
     return load_implementation(impl_root(request.config), course_module)
 

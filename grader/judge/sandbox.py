@@ -2,13 +2,13 @@
 
 Layout of the folder (created by `Sandbox.create`, removed by `Sandbox.remove`):
 
-    lib/grader/*.py        the harness (a copy, without grader/hidden/)
+    lib/grader/...         the harness and judge wings (a copy: no grader/hidden/, no publish wing)
     suite/NN_name/...      a copy of each graded module's hidden suite (test files readable by root only; `*_workers.py` by all)
     impl/NN_name/<file>    the submission's module files, nothing else
     work/ home/ tmp/       the learner's working folder, HOME and TMPDIR (owned by the learner's uid)
     pytest.ini             empty: no ini file of the repository or of the submission applies
 
-The worker (grader/worker.py) runs there under `unshare --net --pid --fork --mount-proc --mount` when that
+The worker (grader/judge/worker.py) runs there under `unshare --net --pid --fork --mount-proc --mount` when that
 works (we are root): no network (loopback only), its own process tree (everything left dies with it),
 and tmpfs mounted over the repository's secret folders (hidden suites, solutions, tests) and over the
 class's submissions and the grades folder. Tests run in children under a private uid per parallel slot.
@@ -26,7 +26,7 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from grader.course import REPO_ROOT, Module
+from grader.harness.course import REPO_ROOT, Module
 
 UID_BASE = 61000  # learners' code runs as UID_BASE + slot (no passwd entry needed)
 HIDDEN_ROOT = REPO_ROOT / "grader" / "hidden"
@@ -84,7 +84,7 @@ def detect_isolation() -> Isolation:
             namespaces = subprocess.run([*UNSHARE, "true"], capture_output=True, timeout=20).returncode == 0
         except (OSError, subprocess.TimeoutExpired):
             namespaces = False
-    # In a mount namespace the worker opens closed folders (grader/worker.py); without one, a private uid
+    # In a mount namespace the worker opens closed folders (grader/judge/worker.py); without one, a private uid
     # could not read Python itself, so the tests run under the grader's uid.
     setuid = os.geteuid() == 0 and (namespaces or not closed_folders(runtime_paths()))
     return Isolation(namespaces=namespaces, setuid=setuid)
@@ -130,9 +130,10 @@ class Sandbox:
         os.chmod(root, 0o755)  # the learner's uid may traverse it, not write it
         box = cls(root, uid)
         lib = root / "lib" / "grader"
-        lib.mkdir(parents=True)
-        for source in (REPO_ROOT / "grader").glob("*.py"):
-            shutil.copyfile(source, lib / source.name)
+        for folder in ("", "harness", "judge"):  # the worker runs the harness and the judge; never publish
+            (lib / folder).mkdir(parents=True, exist_ok=True)
+            for source in (REPO_ROOT / "grader" / folder).glob("*.py"):
+                shutil.copyfile(source, lib / folder / source.name)
         for module in modules:
             target = root / "suite" / module.name
             shutil.copytree(hidden_suite(module), target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
@@ -176,7 +177,7 @@ class Sandbox:
         }
 
     def command(self, isolation: Isolation) -> list[str]:
-        python = [sys.executable, "-s", "-m", "grader.worker"]  # grader from lib/ (PYTHONPATH), no user site
+        python = [sys.executable, "-s", "-m", "grader.judge.worker"]  # grader from lib/ (PYTHONPATH), no user site
         return [*UNSHARE, *python] if isolation.namespaces else python
 
     def remove(self) -> None:

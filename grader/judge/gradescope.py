@@ -20,7 +20,7 @@ import tempfile
 import zipfile
 from pathlib import Path
 
-from grader.course import REPO_ROOT
+from grader.harness.course import REPO_ROOT
 
 CONFIG = "gradescope.json"
 
@@ -91,8 +91,8 @@ def build(target: Path, timeout: float = 30.0, memory_mb: int = 2048, seed: int 
 
 def run(root: Path | None = None) -> int:
     """Grade `ROOT/submission` into `ROOT/results/results.json` (ROOT defaults to /autograder)."""
-    from grader.files import atomic_write
-    from grader.grade import (Options, collect_expected, grade_submission, graded_modules, read_submission,
+    from grader.harness.files import atomic_write
+    from grader.judge.grade import (Options, collect_expected, grade_submission, graded_modules, read_submission,
                               write_learner)
 
     root = Path(root or "/autograder")

@@ -4,7 +4,7 @@ A failed check says, in words: what was compared, what was expected and what cam
 device, the largest difference and where it is), and, when the wrong output matches a known mistake,
 the mistake by name. The plugin then adds the chapter to read.
 
-    from grader.checks import assert_close, assert_raises
+    from grader.harness.checks import assert_close, assert_raises
 
     assert_close(out, truth, what="rms_norm(x)", dtype=x.dtype,
                  mistakes={"you subtracted the mean: that is LayerNorm": layer_norm(x)})
@@ -17,8 +17,8 @@ from typing import Any, Union
 
 import torch
 
-from grader.errors import NotImplementedYet
-from grader.tolerances import Tolerance, tolerance_for
+from grader.harness.errors import NotImplementedYet
+from grader.harness.tolerances import Tolerance, tolerance_for
 
 Mistake = Union[torch.Tensor, Callable[[torch.Tensor], bool]]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from grader.loader import clear_cache
+from grader.harness.loader import clear_cache
 
 
 @dataclass
