@@ -37,6 +37,12 @@ MODULES: tuple[Module, ...] = (
     Module("06_kv_cache", "kv_cache.py", "The KV cache"),
     Module("07_dpo_loss", "dpo.py", "The DPO loss"),
     Module("08_distributed_launch", "launch.py", "Launching distributed training"),
+    Module("09_attention", "attention.py", "Attention: MHA, MQA and GQA"),
+    Module("10_flash_attention", "flash_attention.py", "FlashAttention's tiling"),
+    Module("11_sampling", "sampling.py", "Sampling the next token"),
+    Module("12_tiny_llama", "llama.py", "A tiny Llama (the capstone)"),
+    Module("13_nf4", "nf4.py", "NF4 and QLoRA"),
+    Module("14_mixed_precision", "mixed_precision.py", "Mixed precision: loss scaling and master weights"),
 )
 
 _BY_NAME = {module.name: module for module in MODULES}
