@@ -65,7 +65,8 @@ def _nbgrader(args: argparse.Namespace) -> int:
 def _grade(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    from grader.judge.grade import Options, class_seed, grade_class, graded_modules, summary_table
+    from grader.judge.grade import Options, class_seed, grade_class, graded_modules
+    from grader.judge.report import summary_table
 
     modules = graded_modules([m for m in args.modules.split(",") if m] if args.modules else None)
     if not modules:

@@ -23,9 +23,11 @@ from pathlib import Path
 
 import pytest
 
-from grader.judge import grade
-from grader.judge.audit import audit_source
 from grader.harness.course import REPO_ROOT, get_module
+from grader.judge import grade, report
+from grader.judge import submission as submission_module
+from grader.judge.submission import read_submission
+from grader.judge.audit import audit_source
 from grader.judge.sandbox import UID_BASE
 
 MODULE = get_module("01_rmsnorm")
@@ -155,8 +157,8 @@ def _gradebook(out: Path) -> dict[str, dict[str, str]]:
         return {row["learner"]: row for row in csv.DictReader(f)}
 
 
-def _record(out: Path, learner: str) -> grade.Record:
-    record = grade.load_record(out, learner)
+def _record(out: Path, learner: str) -> report.Record:
+    record = report.load_record(out, learner)
     assert record is not None, f"{learner} was not graded"
     return record
 
@@ -284,11 +286,11 @@ def test_bad_zips_are_rejected_for_that_learner_only(graded):
 
 
 def test_a_zip_too_large_once_unpacked_is_rejected(tmp_path, monkeypatch):
-    monkeypatch.setattr(grade, "MAX_UNPACKED_BYTES", 1000)
+    monkeypatch.setattr(submission_module, "MAX_UNPACKED_BYTES", 1000)
     with zipfile.ZipFile(tmp_path / "bomb.zip", "w", zipfile.ZIP_DEFLATED) as archive:
         archive.writestr("01_rmsnorm/rmsnorm.py", "0" * 5000)
-    submission = grade.read_submission("bomb", tmp_path / "bomb.zip")
-    assert "unpacks to" in submission.rejected and not submission.files
+    bomb = read_submission("bomb", tmp_path / "bomb.zip")
+    assert "unpacks to" in bomb.rejected and not bomb.files
 
 
 def test_audit_flags_tricks_without_failing_honest_code():

@@ -16,13 +16,10 @@ The judge (this process) never runs a submission's code. It:
 from __future__ import annotations
 
 import contextlib
-import csv
-import hashlib
 import io
 import json
 import os
 import queue
-import re
 import secrets
 import select
 import signal
@@ -31,23 +28,24 @@ import sys
 import tempfile
 import threading
 import time
-import zipfile
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-from grader.judge.audit import audit_files
 from grader.harness.course import MODULES, REPO_ROOT, Module, find_module, get_module
-from grader.harness.files import atomic_write
-from grader.judge.sandbox import UID_BASE, Isolation, Sandbox, detect_isolation, has_hidden_suite, hidden_suite, secret_paths
-
-LEARNER_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,99}$")
-MAX_FILE_BYTES = 1 << 20
-MAX_ENTRIES = 10_000
-MAX_ZIP_BYTES = 50 << 20  # a zip larger than this, or that unpacks to more than MAX_UNPACKED_BYTES, is rejected
-MAX_UNPACKED_BYTES = 200 << 20
-RECORD = "record.json"
-
+from grader.judge.audit import audit_files
+from grader.judge.progress import Progress
+from grader.judge.report import Record, TestOutcome, load_record, write_class, write_learner
+from grader.judge.sandbox import (
+    UID_BASE,
+    Isolation,
+    Sandbox,
+    detect_isolation,
+    has_hidden_suite,
+    hidden_suite,
+    secret_paths,
+)
+from grader.judge.submission import Submission, find_submissions, read_submission
 
 # --------------------------------------------------------------------------------------------------
 # What the judge expects: collected here, from the repository's hidden suites, no learner code
@@ -122,157 +120,7 @@ def graded_modules(names: list[str] | None = None) -> list[Module]:
 
 
 # --------------------------------------------------------------------------------------------------
-# Submissions
-
-
-@dataclass
-class Submission:
-    learner: str
-    path: Path
-    files: dict[str, bytes] = field(default_factory=dict)  # "01_rmsnorm/rmsnorm.py" -> content
-    ignored: list[str] = field(default_factory=list)  # "conftest.py (not a module file)"
-    rejected: str = ""  # why the whole submission was refused (not a zip, unsafe paths, too large)
-
-    @property
-    def sha256(self) -> str:
-        digest = hashlib.sha256(self.rejected.encode())
-        for name, data in sorted(self.files.items()):
-            digest.update(name.encode() + b"\0" + hashlib.sha256(data).digest())
-        return digest.hexdigest()
-
-
-def _looks_like_submission(folder: Path) -> bool:
-    names = {m.name for m in MODULES} | {m.file for m in MODULES}
-    return any(child.name in names for child in folder.iterdir())
-
-
-def find_submissions(path: Path) -> tuple[list[tuple[str, Path]], list[str]]:
-    """(learner id, path) of each submission under `path`, and the entries that are not submissions."""
-    path = Path(path)
-    if path.is_file():
-        return ([(path.stem, path)], []) if path.suffix == ".zip" else ([], [f"{path}: not a folder or a .zip"])
-    if not path.is_dir():
-        raise FileNotFoundError(f"{path}: no such folder or zip")
-    if _looks_like_submission(path):
-        return [(path.name, path)], []
-    found, skipped = [], []
-    for child in sorted(path.iterdir()):
-        if child.name.startswith(".") or child.is_symlink():
-            continue
-        learner = child.stem if child.suffix == ".zip" else child.name
-        if not (child.is_dir() or child.suffix == ".zip"):
-            skipped.append(f"{child.name}: not a folder or a .zip")
-        elif not LEARNER_ID.match(learner):
-            skipped.append(f"{child.name}: a learner id is letters, digits and . _ @ + - only")
-        else:
-            found.append((learner, child))
-    return found, skipped
-
-
-def _entries(path: Path):
-    """(relative path, size, reader) for every regular file of a folder or a zip; symlinks are skipped."""
-    if path.is_dir():
-        for folder, dirs, files in os.walk(path, followlinks=False):
-            dirs.sort()
-            for name in sorted(files):
-                full = Path(folder) / name
-                relative = full.relative_to(path).as_posix()
-                if full.is_symlink() or not full.is_file():
-                    yield relative, -1, None
-                else:
-                    yield relative, full.stat().st_size, full.read_bytes
-        return
-    with zipfile.ZipFile(path) as archive:
-        for info in archive.infolist():
-            if info.is_dir():
-                continue
-            is_link = (info.external_attr >> 16) & 0o170000 == 0o120000
-            yield info.filename, (-1 if is_link else info.file_size), (None if is_link else _member_reader(path, info))
-
-
-def _member_reader(path: Path, info: zipfile.ZipInfo):
-    """Read one member later (the archive is opened again: the listing's handle is closed by then)."""
-    def read() -> bytes:
-        with zipfile.ZipFile(path) as archive, archive.open(info) as member:
-            data = member.read(MAX_FILE_BYTES + 1)
-        if len(data) > MAX_FILE_BYTES:
-            raise ValueError(f"larger than {MAX_FILE_BYTES >> 20} MB once unpacked")
-        return data
-
-    return read
-
-
-def _zip_problem(path: Path) -> str:
-    """Why a zip cannot be graded safely ("" when it can): not a zip, too large, unsafe names."""
-    if path.stat().st_size > MAX_ZIP_BYTES:
-        return f"{path.name} is larger than {MAX_ZIP_BYTES >> 20} MB"
-    if not zipfile.is_zipfile(path):
-        return f"{path.name} is not a zip file (or it is damaged): submit a .zip of your exercises folder"
-    try:
-        with zipfile.ZipFile(path) as archive:
-            infos = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError) as error:
-        return f"{path.name} could not be read as a zip ({error})"
-    for info in infos:
-        name = info.filename.replace("\\", "/")
-        if name.startswith("/") or ".." in name.split("/") or (len(name) > 1 and name[1] == ":"):
-            return f"{path.name} holds an unsafe path ({info.filename!r}: absolute or with '..'): it was not unpacked"
-    if len(infos) > MAX_ENTRIES:
-        return f"{path.name} holds {len(infos)} files (at most {MAX_ENTRIES})"
-    unpacked = sum(info.file_size for info in infos)
-    if unpacked > MAX_UNPACKED_BYTES:
-        return f"{path.name} unpacks to {unpacked >> 20} MB (at most {MAX_UNPACKED_BYTES >> 20} MB)"
-    return ""
-
-
-def read_submission(learner: str, path: Path) -> Submission:
-    """Keep the course's module files (`NN_name/<file>`, or a bare `<file>`), report everything else."""
-    submission = Submission(learner, Path(path))
-    if Path(path).is_file():
-        submission.rejected = _zip_problem(Path(path))
-        if submission.rejected:
-            return submission
-    try:
-        entries = list(_entries(Path(path)))
-    except (zipfile.BadZipFile, OSError, RuntimeError, ValueError) as error:
-        submission.rejected = f"{Path(path).name} could not be read ({error})"
-        return submission
-    names = [name for name, _, _ in entries]
-    # a single top folder (alice/01_rmsnorm/..., exercises/01_rmsnorm/...) is unwrapped
-    tops = {name.split("/", 1)[0] for name in names if "/" in name}
-    prefix = ""
-    if len(tops) == 1 and all("/" in n for n in names) and find_module(next(iter(tops))) is None:
-        prefix = next(iter(tops)) + "/"
-    by_file = {m.file: m for m in MODULES}
-    for count, (name, size, read) in enumerate(entries):
-        relative = name[len(prefix):] if prefix and name.startswith(prefix) else name
-        parts = relative.split("/")
-        module = None
-        if len(parts) == 2 and find_module(parts[0]) is not None and find_module(parts[0]).file == parts[1]:
-            module = find_module(parts[0])
-        elif len(parts) == 1 and parts[0] in by_file:
-            module = by_file[parts[0]]
-        if count >= MAX_ENTRIES:
-            submission.ignored.append(f"... and {len(entries) - count} more files")
-            break
-        if module is None:
-            submission.ignored.append(f"{relative} (not a module file)")
-        elif read is None:
-            submission.ignored.append(f"{relative} (a link, not a file)")
-        elif size > MAX_FILE_BYTES:
-            submission.ignored.append(f"{relative} (larger than {MAX_FILE_BYTES >> 20} MB)")
-        elif f"{module.name}/{module.file}" in submission.files:
-            submission.ignored.append(f"{relative} (a second copy of {module.name}/{module.file})")
-        else:
-            try:
-                submission.files[f"{module.name}/{module.file}"] = read()
-            except (zipfile.BadZipFile, OSError, RuntimeError, ValueError) as error:  # a damaged or encrypted member
-                submission.ignored.append(f"{relative} (could not be read: {error})")
-    return submission
-
-
-# --------------------------------------------------------------------------------------------------
-# Results
+# Options and messages
 
 
 @dataclass
@@ -286,51 +134,6 @@ class Options:
     seed: int = 0
     isolation: Isolation | None = None
     startup_s: float = 300.0  # a worker that collects nothing for this long is stopped
-
-
-@dataclass
-class TestOutcome:
-    module: str
-    test: str
-    outcome: str  # passed, failed, error, skipped
-    points: float
-    max_points: float
-    message: str = ""
-    kind: str = ""  # assertion, todo, load, timeout, exited, memory, exception, tamper, missing, ...
-    duration: float = 0.0
-
-
-@dataclass
-class Record:
-    learner: str
-    submission: str
-    sha256: str
-    modules: list[str]
-    tests: list[TestOutcome]
-    ignored: list[str]
-    review: list[str]
-    isolation: str
-    seconds: float
-    worker_error: str = ""
-    rejected: str = ""
-
-    def module_points(self, module: str) -> float:
-        return round(sum(t.points for t in self.tests if t.module == module), 4)
-
-    def module_max(self, module: str) -> float:
-        return round(sum(t.max_points for t in self.tests if t.module == module), 4)
-
-    @property
-    def total(self) -> float:
-        return round(sum(t.points for t in self.tests), 4)
-
-    @property
-    def max_total(self) -> float:
-        return round(sum(t.max_points for t in self.tests), 4)
-
-    @classmethod
-    def from_json(cls, data: dict) -> "Record":
-        return cls(**{**data, "tests": [TestOutcome(**t) for t in data["tests"]]})
 
 
 def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None, options: Options) -> str:
@@ -358,45 +161,6 @@ def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None,
         "worker": f"No result came back for this test: {text}",
     }.get(kind, text or "This test did not pass.")
     return f"{first}\n  This test checks: {test.checks}\n  Read: {module.chapter}"
-
-
-def gradescope_results(record: Record) -> dict:
-    """Gradescope's autograder schema: https://gradescope-autograders.readthedocs.io/en/latest/specs/"""
-    tests = [
-        {
-            "name": f"{t.module}: {t.test}",
-            "score": t.points,
-            "max_score": t.max_points,
-            "status": "passed" if t.outcome == "passed" else "failed",
-            "output": t.message,
-            "visibility": "visible",
-        }
-        for t in record.tests
-    ]
-    output = f"{record.total:g} / {record.max_total:g} points."
-    if record.rejected:
-        output = f"Your submission was not graded: {record.rejected}.\n" + output
-    if record.ignored:
-        output += "\nIgnored files (only the module files are graded): " + ", ".join(record.ignored)
-    return {"score": record.total, "execution_time": round(record.seconds, 1), "output": output, "tests": tests}
-
-
-def feedback_markdown(record: Record) -> str:
-    lines = [f"# Feedback for {record.learner}", "", f"**{record.total:g} / {record.max_total:g} points**", ""]
-    if record.rejected:
-        lines += [f"Your submission was not graded: {record.rejected}.", ""]
-    lines += ["| module | points |", "| --- | --- |"]
-    lines += [f"| {m} | {record.module_points(m):g} / {record.module_max(m):g} |" for m in record.modules]
-    for module in record.modules:
-        failed = [t for t in record.tests if t.module == module and t.outcome != "passed"]
-        if not failed:
-            continue
-        lines += ["", f"## {module}", ""]
-        for t in failed:
-            lines += [f"### `{t.test}` ({t.points:g} / {t.max_points:g})", "", "```text", t.message.strip(), "```", ""]
-    if record.ignored:
-        lines += ["", "## Files that were not graded", ""] + [f"- {name}" for name in record.ignored]
-    return "\n".join(lines).rstrip() + "\n"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -549,38 +313,6 @@ def grade_submission(submission: Submission, expected: list[ExpectedTest], optio
     )
 
 
-def write_learner(out: Path, record: Record) -> None:
-    folder = out / record.learner
-    atomic_write(folder / "results.json", json.dumps(gradescope_results(record), indent=2))
-    atomic_write(folder / "feedback.md", feedback_markdown(record))
-    atomic_write(folder / RECORD, json.dumps(asdict(record), indent=1))  # last: marks the learner graded
-
-
-def load_record(out: Path, learner: str) -> Record | None:
-    try:
-        return Record.from_json(json.loads((out / learner / RECORD).read_text()))
-    except (OSError, ValueError, TypeError, KeyError):
-        return None
-
-
-def write_class(out: Path, records: list[Record], modules: list[Module]) -> None:
-    names = [m.name for m in modules]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["learner", *names, "total", "max_total", "review"])
-    for r in sorted(records, key=lambda r: r.learner):
-        notes = ([f"rejected: {r.rejected}"] if r.rejected else []) + r.review
-        writer.writerow([r.learner, *(f"{r.module_points(n):g}" for n in names), f"{r.total:g}", f"{r.max_total:g}",
-                         "; ".join(notes)])
-    atomic_write(out / "gradebook.csv", buffer.getvalue())
-    grades = []
-    for r in sorted(records, key=lambda r: r.learner):
-        for t in r.tests:
-            grades.append({"learner": r.learner, "module": t.module, "test": t.test, "outcome": t.outcome,
-                           "points": t.points, "max_points": t.max_points, "message": t.message})
-    atomic_write(out / "grades.json", json.dumps(grades, indent=1))
-
-
 # --------------------------------------------------------------------------------------------------
 # The class
 
@@ -601,74 +333,6 @@ def class_seed(out: Path, seed: int | None = None) -> int:
         with os.fdopen(handle, "w") as f:
             f.write(f"{value}\n")
         return value
-
-
-class Progress:
-    """A one-line progress bar on stderr (redrawn on a terminal, a line per learner otherwise)."""
-
-    def __init__(self, learners: int, tests: int, stream=None, enabled: bool = True) -> None:
-        self.learners, self.tests = learners, max(tests, 1)
-        self.done_learners, self.done_tests = 0, 0
-        self.stream = stream or sys.stderr
-        self.enabled = enabled
-        self.tty = self.stream.isatty()
-        self.lock = threading.Lock()
-        self.start = time.monotonic()
-
-    def test_done(self, count: int = 1) -> None:
-        with self.lock:
-            self.done_tests += count
-            if self.tty:
-                self._draw("")
-
-    def learner_done(self, learner: str, note: str, tests: int) -> None:
-        with self.lock:
-            self.done_learners += 1
-            self.done_tests = max(self.done_tests, 0)
-            if self.tty:
-                self._draw(f"{learner}: {note}", newline=self.done_learners == self.learners)
-            elif self.enabled:
-                print(f"[{self.done_learners}/{self.learners}] {learner}: {note}", file=self.stream, flush=True)
-
-    def _draw(self, note: str, newline: bool = False) -> None:
-        if not self.enabled:
-            return
-        fraction = min(self.done_tests / self.tests, 1.0)
-        bar = "#" * int(30 * fraction) + "-" * (30 - int(30 * fraction))
-        line = f"\r[{bar}] {self.done_learners}/{self.learners} learners {time.monotonic() - self.start:5.0f}s {note}"[:120]
-        self.stream.write(line.ljust(120) + ("\n" if newline else ""))
-        self.stream.flush()
-
-
-def summary_table(records: list[Record], modules: list[Module]) -> str:
-    names = [m.name for m in modules]
-    header = ["learner", *names, "total", "time", "review"]
-    rows = []
-    for r in sorted(records, key=lambda r: r.learner):
-        rows.append([r.learner, *(f"{r.module_points(n):g}/{r.module_max(n):g}" for n in names),
-                     f"{r.total:g}/{r.max_total:g}", f"{r.seconds:.1f}s", "rejected" if r.rejected else f"{len(r.review)} flag(s)" if r.review else ""])
-    widths = [max(len(str(x)) for x in column) for column in zip(header, *rows)]
-    fmt = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt.format(*header), fmt.format(*("-" * w for w in widths))] + [fmt.format(*row) for row in rows]
-    if records:
-        totals = [r.total for r in records]
-        lines.append("")
-        lines.append(f"learners: {len(records)}   mean: {sum(totals) / len(totals):.2f} / {records[0].max_total:g}")
-        failures = []
-        for n in names:
-            count = sum(1 for r in records if r.module_points(n) < r.module_max(n))
-            failed_tests = sum(1 for r in records for t in r.tests if t.module == n and t.outcome != "passed")
-            failures.append(f"{n}: {count} learner(s), {failed_tests} test(s)")
-        lines.append("not full marks, by module: " + "; ".join(failures))
-        slowest = max(records, key=lambda r: r.seconds)
-        lines.append(f"slowest submission: {slowest.learner} ({slowest.seconds:.1f}s)")
-        for r in sorted(records, key=lambda r: r.learner):
-            if r.rejected:
-                lines.append(f"rejected: {r.learner}: {r.rejected}")
-        flagged = [r.learner for r in records if r.review]
-        if flagged:
-            lines.append(f"flagged for review (see gradebook.csv): {', '.join(sorted(flagged))}")
-    return "\n".join(lines)
 
 
 def grade_class(path: Path, options: Options, progress: bool = True, stream=None) -> list[Record]:

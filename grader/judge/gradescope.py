@@ -92,8 +92,9 @@ def build(target: Path, timeout: float = 30.0, memory_mb: int = 2048, seed: int 
 def run(root: Path | None = None) -> int:
     """Grade `ROOT/submission` into `ROOT/results/results.json` (ROOT defaults to /autograder)."""
     from grader.harness.files import atomic_write
-    from grader.judge.grade import (Options, collect_expected, grade_submission, graded_modules, read_submission,
-                              write_learner)
+    from grader.judge.grade import Options, collect_expected, grade_submission, graded_modules
+    from grader.judge.report import write_learner
+    from grader.judge.submission import read_submission
 
     root = Path(root or "/autograder")
     config_path = root / "source" / CONFIG
