@@ -316,7 +316,7 @@ def test_bytes_match_what_the_caches_hold(impl, device, dtype):
     ids = torch.randint(0, VOCAB, (2, 7), device=device)
     with torch.no_grad():
         theirs = DynamicCache()
-        llama(ids, past_key_values=theirs, use_cache=True)
+        llama(ids, cache=theirs, use_cache=True)
         mine = HeldCache(impl.KVCache())
         tiny(ids, torch.arange(7, device=device), mine)
     element = torch.tensor([], dtype=dtype).element_size()
