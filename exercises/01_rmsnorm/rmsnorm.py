@@ -25,7 +25,9 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None = None, eps: float = 1
         float16 values overflow above 256); the normalised `x / rms` is cast back to `x.dtype`
         *before* `weight` multiplies it, as transformers' `LlamaRMSNorm` does. Without a weight the
         result has `x.dtype`; with one, the dtype `weight * y` gives (a float32 weight and bf16 `x`
-        give float32).
+        give float32). That intermediate rounding is not graded: values are checked at the input
+        dtype's tolerance, so staying in float32 until the end (transformers' `T5LayerNorm`) and
+        casting once to the output dtype passes too.
     """
     raise NotImplementedYet("rms_norm")
 

@@ -190,9 +190,11 @@ class KVCache:
         """Append the new `key_states`, `value_states` `(batch, kv_heads, new, head_dim)` to layer `layer_idx`.
 
         Returns the layer's whole cache `(keys, values)`, each `(batch, kv_heads, past + new, head_dim)`:
-        the new states concatenated after the old along dim -2. The first update of a layer stores its
-        tensors as they are. A later one whose batch, heads or head_dim, or dtype, differs from what the
-        layer holds raises ValueError (it could only be a bug: concatenating would fail or silently cast).
+        the new states concatenated after the old along dim -2. The first update of a layer may store its
+        tensors as they are (DynamicCache does) or copy them into a buffer preallocated for more tokens
+        (Meta's LLaMA, gpt-fast): either way only the `past + new` filled positions are returned. A later
+        update whose batch, heads or head_dim, or dtype, differs from what the layer holds raises
+        ValueError (it could only be a bug: concatenating would fail or silently cast).
         """
         raise NotImplementedYet("KVCache.update")
 

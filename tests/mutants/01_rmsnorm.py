@@ -43,6 +43,21 @@ MUTANTS = [
            [("        if x.shape[-1] != self.weight.shape[0]:\n", "        if False:\n")]),
     Mutant("layer_weight_not_parameter", "stores the weight as a plain tensor (not learnable, not in the state dict)",
            [("self.weight = nn.Parameter(torch.ones(dim))", "self.register_buffer('weight', torch.ones(dim))")]),
+    # Well-known implementations that break the contract, named with the reason
+    Mutant("torch_rms_norm_on_x", "calls torch.nn.functional.rms_norm(x, ..., weight) on x itself: its output keeps x's dtype, so a "
+           "float16 x with a float32 weight gives float16 where the contract (LlamaRMSNorm, weight * y) gives float32",
+           [(NORMALISE + "\n    if weight is None:\n        return normalised\n    return weight * normalised",
+             "return torch.nn.functional.rms_norm(x, (x.shape[-1],), weight, eps)")]),
+    Mutant("t5_casts_to_the_weight_dtype", "transformers' T5LayerNorm: casts the float32 normalised x to a half-precision weight's "
+           "dtype, so float32 x with a bfloat16 weight gives bfloat16 where the contract gives float32 (torch's promotion)",
+           [(NORMALISE + "\n    if weight is None:\n        return normalised\n    return weight * normalised",
+             "normalised = x32 * torch.rsqrt(mean_square + eps)\n"
+             "    if weight is None:\n        return normalised.to(input_dtype)\n"
+             "    if weight.dtype in (torch.float16, torch.bfloat16):\n        normalised = normalised.to(weight.dtype)\n"
+             "    return weight * normalised")]),
+    Mutant("litgpt_casts_to_the_input_dtype", "litgpt's RMSNorm: (x_normed * weight.float()).to(x.dtype), so a bfloat16 x with a "
+           "float32 weight gives bfloat16 where the contract gives float32",
+           [("    return weight * normalised\n", "    return (x32 * torch.rsqrt(mean_square + eps) * weight.float()).to(input_dtype)\n")]),
 ]
 
 ALTERNATIVES = [
@@ -52,4 +67,18 @@ ALTERNATIVES = [
            [(NORMALISE, "normalised = (x32 / torch.sqrt(mean_square + eps)).to(input_dtype)")]),
     Mutant("vector_norm", "computes the mean square from the 2-norm",
            [(STATS, "mean_square = torch.linalg.vector_norm(x32, dim=-1, keepdim=True) ** 2 / x32.shape[-1]")]),
+    # Conventions of public code bases (written here from their description)
+    Mutant("float32_until_the_end", "stays in float32 until the end, as transformers' T5LayerNorm, and casts once to the "
+           "promoted dtype of x and weight",
+           [(NORMALISE + "\n    if weight is None:\n        return normalised\n    return weight * normalised",
+             "normalised = x32 * torch.rsqrt(mean_square + eps)  # float32 to the end\n"
+             "    if weight is None:\n        return normalised.to(input_dtype)\n"
+             "    return (weight.to(torch.float32) * normalised).to(torch.promote_types(input_dtype, weight.dtype))")]),
+    Mutant("meta_llama_type_as", "as Meta's LLaMA: _norm(x.float()).type_as(x), then output * weight",
+           [("    x32 = x.to(torch.float32)\n", "    x32 = x.float()\n"),
+            (NORMALISE, "normalised = (x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)).type_as(x)")]),
+    Mutant("llama2c_sum_then_divide", "as llama2.c's rmsnorm: the sum of x*x divided by the size, plus eps, then 1 / sqrt, "
+           "times x (the weight multiplies last)",
+           [(STATS, "mean_square = (x32 * x32).sum(dim=-1, keepdim=True) / x32.shape[-1]"),
+            (NORMALISE, "normalised = ((1.0 / torch.sqrt(mean_square + eps)) * x32).to(input_dtype)")]),
 ]

@@ -81,4 +81,26 @@ ALTERNATIVES = [
            [(ROTATED, "a, b = x.chunk(2, dim=-1)\n"
                       "    c, s = cos.chunk(2, dim=-1)[0], sin.chunk(2, dim=-1)[0]\n"
                       "    rotated = torch.cat([a * c - b * s, b * c + a * s], dim=-1)")]),
+    # Conventions of public code bases (written here from their description)
+    Mutant("meta_llama_complex_permuted", "as Meta's LLaMA: the tables from torch.polar, x viewed as complex numbers on "
+           "interleaved pairs (view_as_complex), each pair (x[j], x[j + d/2]) permuted next to each other first and back after",
+           [("    return angles.cos(), angles.sin()\n",
+             "    freqs_cis = torch.polar(torch.ones_like(angles), angles)  # e^(i * angle)\n"
+             "    return freqs_cis.real, freqs_cis.imag\n"),
+            (ROTATED, "half = x.shape[-1] // 2\n"
+                      "    # (..., d) -> (..., d/2, 2): pair j is (x[j], x[j + d/2]), interleaved as Meta's code expects\n"
+                      "    pairs = x.float().unflatten(-1, (2, half)).transpose(-1, -2).contiguous()\n"
+                      "    freqs_cis = torch.complex(cos[..., :half].float(), sin[..., :half].float())\n"
+                      "    turned = torch.view_as_real(torch.view_as_complex(pairs) * freqs_cis)  # (..., d/2, 2)\n"
+                      "    rotated = turned.transpose(-1, -2).flatten(-2)  # back to the rotate-half layout")]),
+    Mutant("litgpt_outer_repeat", "as litgpt's build_rope_cache and apply_rope: theta = 1 / base ** (arange(0, d, 2) / d), the "
+           "angles repeated with .repeat(..., 2), the sum computed in float32 and cast with .to(dtype=x.dtype)",
+           [(INV_FREQ_RETURN, "    return 1.0 / (base ** (torch.arange(0, head_dim, 2).float() / head_dim))\n"),
+            (REPEAT, "angles = angles.repeat(*([1] * (angles.dim() - 1)), 2)"),
+            ("    return rotated.to(x.dtype)\n", "    return rotated.to(dtype=x.dtype)\n")]),
+    Mutant("transformers_matmul_angles", "as transformers' LlamaRotaryEmbedding.forward: the angles as a float32 matmul "
+           "inv_freq[:, None] @ positions[None, :], transposed, and the tables cast to x.dtype before the rotation",
+           [(ANGLES, "angles = (inv_freq[:, None] @ positions.reshape(-1)[None, :].to(torch.float32)).T\n"
+                     "    angles = angles.reshape(*positions.shape, -1)"),
+            (ROTATED, "cos, sin = cos.to(x.dtype), sin.to(x.dtype)\n    rotated = x * cos + rotate_half(x) * sin")]),
 ]

@@ -100,4 +100,38 @@ ALTERNATIVES = [
            [(MATCH, 'return any(name.split(".")[-len(target.split(".")):] == target.split(".") for target in target_modules)'),
             ("        parent_name, _, child_name = name.rpartition(\".\")\n        parent = model.get_submodule(parent_name)  # \"\" is the model itself\n        " + REPLACE,
              "        model.set_submodule(name, LoRALinear(model.get_submodule(name), r=r, alpha=alpha, dropout=dropout))")]),
+    # Conventions of public code bases (written here from their description)
+    Mutant("loralib_merge_on_eval", "merges the update into base.weight on eval() and takes it out on train(), as microsoft/LoRA's loralib does",
+           [("        self.merged = False\n        ### END SOLUTION\n",
+             "        self.merged = False\n        ### END SOLUTION\n\n"
+             "    def train(self, mode: bool = True):\n"
+             "        super().train(mode)  # eval() calls train(False)\n"
+             "        if mode:\n            self.unmerge()\n        else:\n            self.merge()\n"
+             "        return self\n")]),
+    Mutant("peft_fp32_delta_safe_merge", "as peft: the delta computed in float32 for half weights on CPU and cast back, merged into a "
+           "clone that replaces weight.data (safe_merge), the LoRA input cast to A's dtype and the sum cast back to base(x)'s dtype",
+           [(DELTA, "dtype = self.lora_A.dtype\n"
+                    "        if dtype in (torch.float16, torch.bfloat16):\n"
+                    "            return ((self.lora_B.float() @ self.lora_A.float()) * self.scaling).to(dtype)\n"
+                    "        return (self.lora_B @ self.lora_A) * self.scaling"),
+            (MERGE_ADD, "merged_weight = self.base.weight.data.clone()\n"
+                        "            merged_weight += self.delta_weight()\n"
+                        "            self.base.weight.data = merged_weight"),
+            (LORA_PATH, "result_dtype = result.dtype\n"
+                        "        lora_x = self.dropout(x).to(self.lora_A.dtype)\n"
+                        "        result = result + nn.functional.linear(nn.functional.linear(lora_x, self.lora_A), self.lora_B) * self.scaling\n"
+                        "        return result.to(result_dtype)")]),
+    Mutant("litgpt_transpose_and_reset", "as litgpt: B zeroed and A drawn in a reset_parameters() method, the LoRA path with "
+           "transpose(0, 1), merged by adding to weight.data",
+           [("        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))\n",
+             "        self.reset_parameters()\n"),
+            ("        ### END SOLUTION\n\n    def delta_weight(self)",
+             "        ### END SOLUTION\n\n"
+             "    def reset_parameters(self) -> None:\n"
+             "        nn.init.kaiming_uniform_(self.lora_A, a=math.sqrt(5))\n"
+             "        nn.init.zeros_(self.lora_B)\n\n"
+             "    def delta_weight(self)"),
+            (LORA_PATH, "lora = (self.dropout(x) @ self.lora_A.transpose(0, 1) @ self.lora_B.transpose(0, 1)) * self.scaling\n"
+                        "        return result + lora"),
+            (MERGE_ADD, "self.base.weight.data += self.delta_weight().to(self.base.weight.dtype)")]),
 ]

@@ -42,7 +42,8 @@ MUTANTS = [
            [(TOTAL, "return float(params + grads + optimizer) / 1e9")]),
     Mutant("rounds_to_printed_gb", "rounds to 0.1 GB like the paper's figure prints it",
            [(TOTAL, "return round((params + grads + optimizer) / 1e9, 1) * 1e9")]),
-    Mutant("truncates_to_whole_bytes", "truncates the result to whole bytes (int), losing fractions of a byte",
+    Mutant("truncates_to_whole_bytes", "truncates the result to whole bytes (int()) as DeepSpeed's estimators print them; the "
+           "contract asks for the exact value, fractions of a byte included",
            [(TOTAL, "return float(int(params + grads + optimizer))")]),
     Mutant("num_gpus_zero_accepted", "accepts num_gpus = 0 (a division by zero, or nonsense in stage 0)",
            [("    if num_gpus < 1:\n", "    if num_gpus < 0:\n")]),
@@ -77,6 +78,10 @@ MUTANTS = [
            [(ELEMENTS, "elements = 3 * num_params if stage >= 2 else 2 * num_params")]),
     Mutant("comm_counts_elements", "returns elements, not bytes (param_bytes ignored)",
            [("return float(elements * param_bytes)", "return float(elements)")]),
+    # Well-known implementations that break the contract, named with the reason
+    Mutant("deepspeed_int_of_the_sharded_part", "DeepSpeed's estimate_zero2_model_states_mem_needs: 2 psi + int(18 psi / N), the "
+           "partitioned bytes truncated to whole bytes; the contract keeps the exact quotient",
+           [(TOTAL, "return float(params + int(grads + optimizer)) if stage == 2 else float(params + grads + optimizer)")]),
 ]
 
 ALTERNATIVES = [
@@ -114,4 +119,23 @@ ALTERNATIVES = [
            [(INVERSE, "import math\n    return math.floor(gpu_bytes / per_param)")]),
     Mutant("comm_explicit_branches", "spells the communication volume out per stage",
            [(ELEMENTS, "elements = {0: 2, 1: 2, 2: 2, 3: 3}[stage] * num_params")]),
+    # Conventions of public code bases (written here from their description)
+    Mutant("deepspeed_replicated_plus_sharded", "as DeepSpeed's estimators (without their int()): the bytes every GPU replicates "
+           "plus the partitioned bytes divided by the number of GPUs",
+           [(OPTIMIZER + "\n    " + GRADS + "\n    " + PARAMS + "\n    " + TOTAL,
+             "total = param_bytes + grad_bytes + optimizer_bytes\n"
+             "    replicated = {0: total, 1: param_bytes + grad_bytes, 2: param_bytes, 3: 0}[stage]\n"
+             "    return float(replicated * num_params + (total - replicated) * num_params / num_gpus)")]),
+    Mutant("bytes_per_parameter_coefficient", "as the ZeRO paper's Figure 1 reads: a per-parameter coefficient for the stage "
+           "(2 + 2 + K/N for stage 1, ...) times psi",
+           [(OPTIMIZER + "\n    " + GRADS + "\n    " + PARAMS + "\n    " + TOTAL,
+             "p, g, k, n = param_bytes, grad_bytes, optimizer_bytes, num_gpus\n"
+             "    per_parameter = {0: p + g + k, 1: p + g + k / n, 2: p + (g + k) / n, 3: (p + g + k) / n}[stage]\n"
+             "    return float(per_parameter * num_params)")]),
+    Mutant("partitioned_states_by_name", "as DeepSpeed's documentation describes the stages: the set of partitioned states per "
+           "stage (optimizer states, gradients, parameters), each state's bytes divided by N when it is partitioned",
+           [(OPTIMIZER + "\n    " + GRADS + "\n    " + PARAMS + "\n    " + TOTAL,
+             "partitioned = [set(), {\"optimizer\"}, {\"optimizer\", \"gradients\"}, {\"optimizer\", \"gradients\", \"parameters\"}][stage]\n"
+             "    sizes = {\"parameters\": param_bytes, \"gradients\": grad_bytes, \"optimizer\": optimizer_bytes}\n"
+             "    return float(sum(size * num_params / (num_gpus if name in partitioned else 1) for name, size in sizes.items()))")]),
 ]

@@ -39,6 +39,8 @@ MUTANTS = [
     Mutant("outliers_counted_twice", "feeds the whole x (outlier columns included) to int8_matmul and adds the float part too",
            [("out = int8_matmul(regular, w)", "out = int8_matmul(x, w)")]),
     Mutant("threshold_fixed_6", "ignores the threshold argument and always uses 6.0", [(OUTLIER_COLS, OUTLIER_COLS.replace("threshold", "6.0"))]),
+    Mutant("matmul_returns_float32", "int8_matmul returns the float32 rescaled product for float16 and bfloat16 x (the contract: x.dtype)",
+           [("    return out.to(x.dtype)\n", "    return out\n")]),
 ]
 
 ALTERNATIVES = [
@@ -51,4 +53,25 @@ ALTERNATIVES = [
              "    out = out + (x - regular) @ w.to(x.dtype).T")]),
     Mutant("amax_columns", "finds the outlier columns from the column-wise max of |x|",
            [(OUTLIER_COLS, "outlier_cols = x.abs().reshape(-1, x.shape[-1]).amax(dim=0) >= threshold")]),
+    # Conventions of public code bases (written here from their description)
+    Mutant("slicing_decomposition", "the literal reading of LLM.int8: int8_matmul(x[..., ~cols], w[:, ~cols]), so w's row scales "
+           "cover the regular columns only",
+           [(REGULAR + "  # outlier columns contribute nothing to the int8 part\n    out = int8_matmul(regular, w)",
+             "out = int8_matmul(x[..., ~outlier_cols], w[:, ~outlier_cols])")]),
+    Mutant("bitsandbytes_threshold_rule", "as bitsandbytes' int8_vectorwise_quant(x, threshold): only the values >= threshold leave "
+           "x's row scales, then the outlier columns of the quantized x are zeroed; w quantized once per whole row",
+           [(OUTLIER_COLS, "outliers = x.abs() >= threshold\n"
+                           "    outlier_cols = outliers.reshape(-1, x.shape[-1]).any(dim=0)"),
+            (REGULAR + "  # outlier columns contribute nothing to the int8 part\n    out = int8_matmul(regular, w)",
+             "qx, ax = absmax_quantize(x.masked_fill(outliers, 0))  # the small values of outlier columns still set the scales\n"
+             "    qx = qx.masked_fill(outlier_cols, 0)\n"
+             "    qw, aw = absmax_quantize(w)\n"
+             "    out = (int32_matmul(qx, qw).to(torch.float32) * (ax * aw.T) / (127.0 * 127.0)).to(x.dtype)")]),
+    Mutant("llama_cpp_q8_0_rows", "llama.cpp's Q8_0 with one block per row: d = amax / 127, q = roundf(x * (1 / d)) rounding halves "
+           "away from zero (id = 0 for an all-zero block), dequantized as q * d",
+           [(SAFE, "d = absmax / 127.0  # the block's scale\n"
+                   "    inverse = torch.where(d == 0, torch.zeros_like(d), 1.0 / d)"),
+            (SCALE, "scaled = x32 * inverse\n"
+                    "    q = torch.sign(scaled) * torch.floor(scaled.abs() + 0.5)  # C's roundf: halves away from zero"),
+            (DEQUANT, "return q.to(torch.float32) * (absmax.to(torch.float32) / 127.0)")]),
 ]

@@ -9,6 +9,66 @@ PREFILL = "new = input_ids  # the prefill feeds the whole prompt once"
 DTYPE_CHECK = "if new.dtype != held.dtype:"
 SHAPE_CHECK = "if new.dim() != 4 or new.shape[:2] != held.shape[:2] or new.shape[-1] != held.shape[-1]:"
 
+# The reference's storage: lists of per-layer tensors, grown by torch.cat.
+INIT = ("        self.keys: list[torch.Tensor] = []  # keys[layer_idx]: (batch, kv_heads, seq, head_dim)\n"
+        "        self.values: list[torch.Tensor] = []\n")
+UPDATE_START = ("        while len(self.keys) <= layer_idx:  # layers are created on first use\n"
+                "            self.keys.append(None)\n            self.values.append(None)\n"
+                "        if self.keys[layer_idx] is None:\n"
+                "            self.keys[layer_idx], self.values[layer_idx] = key_states, value_states\n"
+                "            return key_states, value_states\n"
+                "        for new, held, name in ((key_states, self.keys[layer_idx], \"key_states\"), (value_states, self.values[layer_idx], \"value_states\")):\n")
+UPDATE_END = ("        self.keys[layer_idx] = torch.cat([self.keys[layer_idx], key_states], dim=-2)\n"
+              "        self.values[layer_idx] = torch.cat([self.values[layer_idx], value_states], dim=-2)\n"
+              "        return self.keys[layer_idx], self.values[layer_idx]\n")
+SEQ_LENGTH = ("        if layer_idx >= len(self.keys) or self.keys[layer_idx] is None:\n            return 0\n"
+              "        return self.keys[layer_idx].shape[-2]\n")
+
+# Meta's LLaMA and gpt-fast preallocate one buffer per layer and write into it; here it doubles when full.
+PREALLOCATED_INIT = "        self.k_cache, self.v_cache, self.length = {}, {}, {}  # per layer: buffers (batch, kv_heads, capacity, head_dim)\n"
+PREALLOCATED_UPDATE_START = (
+    "        if layer_idx not in self.k_cache:\n"
+    "            self.length[layer_idx] = 0\n"
+    "            self.k_cache[layer_idx] = key_states.new_zeros(*key_states.shape[:2], 0, key_states.shape[-1])\n"
+    "            self.v_cache[layer_idx] = value_states.new_zeros(*value_states.shape[:2], 0, value_states.shape[-1])\n"
+    "        for new, held, name in ((key_states, self.k_cache[layer_idx], \"key_states\"), (value_states, self.v_cache[layer_idx], \"value_states\")):\n")
+PREALLOCATED_FILL = (
+    "        start = self.length[layer_idx]\n"
+    "        end = start + key_states.shape[-2]\n"
+    "        if end > self.k_cache[layer_idx].shape[-2]:  # full: move to a buffer twice as long\n"
+    "            for store in (self.k_cache, self.v_cache):\n"
+    "                old = store[layer_idx]\n"
+    "                store[layer_idx] = old.new_zeros(*old.shape[:2], max(16, 2 * end), old.shape[-1])\n"
+    "                store[layer_idx][:, :, :start] = old[:, :, :start]\n"
+    "        self.k_cache[layer_idx][:, :, start:end] = key_states\n"
+    "        self.v_cache[layer_idx][:, :, start:end] = value_states\n"
+    "        self.length[layer_idx] = end\n")
+PREALLOCATED_SEQ_LENGTH = "        return self.length.get(layer_idx, 0)\n"
+
+GENERATE_WITH_CACHE = (
+    "    cache = KVCache()\n"
+    "    new = input_ids  # the prefill feeds the whole prompt once\n"
+    "    for _ in range(max_new_tokens):\n"
+    "        past = cache.get_seq_length()\n"
+    "        " + POSITIONS + "\n"
+    "        logits = model(new, positions, cache)\n"
+    "        new = logits[:, -1].argmax(dim=-1, keepdim=True)  # (batch, 1): the only token fed next step\n"
+    "        tokens = torch.cat([tokens, new], dim=1)\n"
+    "    return tokens\n")
+# gpt-fast's generate: prefill gives the first token, decode_n_tokens(max_new_tokens - 1) the others.
+GPT_FAST_DECODE = (
+    "    cache = KVCache()\n"
+    "    prompt_len = input_ids.shape[1]\n"
+    "    logits = model(input_ids, torch.arange(prompt_len, device=input_ids.device), cache)  # prefill\n"
+    "    next_token = logits[:, -1].argmax(dim=-1, keepdim=True)\n"
+    "    input_pos = torch.tensor([prompt_len], device=input_ids.device)\n"
+    "    generated = []\n"
+    "    for _ in range(max_new_tokens - 1):  # decode_n_tokens\n"
+    "        generated.append(next_token)\n"
+    "        logits = model(next_token, input_pos, cache)\n"
+    "        next_token = logits[:, -1].argmax(dim=-1, keepdim=True)\n"
+    "        input_pos = input_pos + 1\n")
+
 MUTANTS = [
     Mutant("cat_wrong_dim", "concatenates along the heads dimension (1) instead of the sequence (-2)",
            [(CAT_KEYS, CAT_KEYS.replace("dim=-2", "dim=1")), (CAT_VALUES, CAT_VALUES.replace("dim=-2", "dim=1"))]),
@@ -43,6 +103,16 @@ MUTANTS = [
            [("        if layer_idx >= len(self.keys) or self.keys[layer_idx] is None:\n            return 0\n", "")]),
     Mutant("ignores_use_cache", "always decodes with the cache, even for use_cache=False",
            [("    if not use_cache:\n", "    if False:\n")]),
+    # Well-known implementations that break the contract, named with the reason
+    Mutant("gpt_fast_returns_the_whole_buffer", "gpt-fast's KVCache.update returns its whole preallocated buffer (zeros past the "
+           "filled positions) and relies on the model's mask; the contract (DynamicCache.update) returns the past + new states "
+           "only, and this module's model attends to every key it is given",
+           [(INIT, PREALLOCATED_INIT), (UPDATE_START, PREALLOCATED_UPDATE_START),
+            (UPDATE_END, PREALLOCATED_FILL + "        return self.k_cache[layer_idx], self.v_cache[layer_idx]\n"),
+            (SEQ_LENGTH, PREALLOCATED_SEQ_LENGTH)]),
+    Mutant("gpt_fast_generate_one_token_crash", "gpt-fast's generate: torch.cat of the tokens decode_n_tokens(max_new_tokens - 1) "
+           "made, which is an empty list (an error) for max_new_tokens=1",
+           [(GENERATE_WITH_CACHE, GPT_FAST_DECODE + "    return torch.cat([input_ids, torch.cat(generated, dim=1), next_token], dim=1)\n")]),
 ]
 
 ALTERNATIVES = [
@@ -63,4 +133,25 @@ ALTERNATIVES = [
            [("        past = cache.get_seq_length()\n", "        past = tokens.shape[1] - new.shape[1]\n")]),
     Mutant("shape_check_with_size_tuples", "compares every dimension but the sequence with a tuple",
            [(SHAPE_CHECK, "if new.dim() != 4 or tuple(new.shape[i] for i in (0, 1, 3)) != tuple(held.shape[i] for i in (0, 1, 3)):")]),
+    # Conventions of public code bases (written here from their description)
+    Mutant("meta_llama_preallocated", "as Meta's LLaMA and gpt-fast: one preallocated buffer per layer, the new states written in "
+           "place at [start, end), the filled part returned (here the buffer doubles when full instead of a max_seq_len)",
+           [(INIT, PREALLOCATED_INIT), (UPDATE_START, PREALLOCATED_UPDATE_START),
+            (UPDATE_END, PREALLOCATED_FILL + "        return self.k_cache[layer_idx][:, :, :end], self.v_cache[layer_idx][:, :, :end]\n"),
+            (SEQ_LENGTH, PREALLOCATED_SEQ_LENGTH)]),
+    Mutant("legacy_tuple_cache", "keeps transformers' legacy format: one (keys, values) tuple per layer, replaced by a new tuple each update",
+           [(INIT, "        self.layers: list = []  # layers[layer_idx]: (keys, values), transformers' legacy cache format\n"),
+            (UPDATE_START, "        while len(self.layers) <= layer_idx:\n            self.layers.append(None)\n"
+                           "        if self.layers[layer_idx] is None:\n"
+                           "            self.layers[layer_idx] = (key_states, value_states)\n"
+                           "            return self.layers[layer_idx]\n"
+                           "        past_keys, past_values = self.layers[layer_idx]\n"
+                           "        for new, held, name in ((key_states, past_keys, \"key_states\"), (value_states, past_values, \"value_states\")):\n"),
+            (UPDATE_END, "        self.layers[layer_idx] = (torch.cat((past_keys, key_states), dim=-2), torch.cat((past_values, value_states), dim=-2))\n"
+                         "        return self.layers[layer_idx]\n"),
+            (SEQ_LENGTH, "        if layer_idx >= len(self.layers) or self.layers[layer_idx] is None:\n            return 0\n"
+                         "        return self.layers[layer_idx][0].shape[-2]\n")]),
+    Mutant("gpt_fast_generate", "as gpt-fast: the prefill gives the first token, a decode loop of max_new_tokens - 1 steps at "
+           "input_pos the others, all concatenated once at the end",
+           [(GENERATE_WITH_CACHE, GPT_FAST_DECODE + "    return torch.cat([input_ids, *generated, next_token], dim=1)\n")]),
 ]

@@ -9,6 +9,23 @@ LOGITS = "    logits = policy_logratios - reference_logratios"
 SIGMOID = "        losses = -F.logsigmoid(beta * logits) * (1 - label_smoothing) - F.logsigmoid(-beta * logits) * label_smoothing"
 CHOSEN_REWARDS = "    chosen_rewards = beta * (policy_chosen_logps - reference_chosen_logps).detach()"
 REJECTED_REWARDS = "    rejected_rewards = beta * (policy_rejected_logps - reference_rejected_logps).detach()"
+# The reference's sequence_logps from the shift to the sum.
+GATHER_AND_SUM = (SHIFT + MASK + "\n"
+                  "    safe_labels = labels.masked_fill(~mask, 0)  # ignore_index may not be a valid index for gather\n"
+                  "    log_probs = logits.log_softmax(dim=-1)  # (batch, T - 1, vocab)\n"
+                  "    token_logps = log_probs.gather(dim=-1, index=safe_labels.unsqueeze(-1)).squeeze(-1)  # (batch, T - 1)\n"
+                  + SUM)
+# The DPO authors' _get_batch_logps (eric-mitchell/direct-preference-optimization), with ignore_index for -100.
+DPO_AUTHORS_LOGPS = ("    labels = labels[:, 1:]{clone}\n"
+                     "    logits = logits[:, :-1, :]\n"
+                     "    loss_mask = labels != ignore_index\n"
+                     "    labels[labels == ignore_index] = 0  # dummy token; the mask drops it\n"
+                     "    per_token_logps = torch.gather(logits.log_softmax(-1), dim=2, index=labels.unsqueeze(2)).squeeze(2)\n"
+                     "    return (per_token_logps * loss_mask).sum(-1)")
+# transformers' ForCausalLMLoss: pad the labels with ignore_index and shift them, keep every logit.
+TRANSFORMERS_LOSS = ("    shift_labels = F.pad(labels, (0, 1), value=ignore_index)[:, 1:]  # the last position predicts nothing\n"
+                     "    nll = F.cross_entropy({logits}.transpose(1, 2), shift_labels, ignore_index=ignore_index, reduction='none')\n"
+                     "    return -nll.sum(dim=-1)")
 
 MUTANTS = [
     # sequence_logps
@@ -60,6 +77,13 @@ MUTANTS = [
            [("    if not 0.0 <= label_smoothing <= 0.5:", "    if False:")]),
     Mutant("unknown_loss_type_is_hinge", "falls back to the hinge for an unknown loss_type",
            [("    if loss_type not in LOSS_TYPES:", "    if False:")]),
+    # Well-known implementations that break the contract, named with the reason
+    Mutant("dpo_authors_logps_without_clone", "the DPO authors' _get_batch_logps without its .clone(): labels[labels == -100] = 0 "
+           "writes into the caller's labels, so the reference model's call on the same labels scores the prompt too",
+           [(GATHER_AND_SUM, DPO_AUTHORS_LOGPS.format(clone=""))]),
+    Mutant("transformers_loss_upcasts_to_float32", "transformers' ForCausalLMLoss calls logits.float(): float64 logits give a float32 "
+           "result where the contract keeps logits.dtype",
+           [(GATHER_AND_SUM, TRANSFORMERS_LOSS.format(logits="logits.float()"))]),
 ]
 
 ALTERNATIVES = [
@@ -82,4 +106,28 @@ ALTERNATIVES = [
              "        margin = beta * (policy_chosen_logps - reference_chosen_logps) - beta * (policy_rejected_logps - reference_rejected_logps)\n"
              "        losses = (1 - label_smoothing) * F.softplus(-margin) + label_smoothing * F.softplus(margin)"),
             ("        losses = torch.relu(1 - beta * logits)", "        losses = (1 - beta * logits).clamp(min=0)")]),
+    # Conventions of public code bases (written here from their description)
+    Mutant("dpo_authors_preference_loss", "as the DPO authors' code: _get_batch_logps (labels cloned, ignored ones set to a dummy 0 "
+           "in place, masked after the gather) and preference_loss's `ipo` flag, pi_logratios - ref_logratios",
+           [(GATHER_AND_SUM, DPO_AUTHORS_LOGPS.format(clone=".clone()")),
+            ("    if loss_type == \"sigmoid\":", "    ipo = loss_type == \"ipo\"\n    if loss_type == \"sigmoid\" and not ipo:"),
+            ("    elif loss_type == \"ipo\":", "    elif ipo:")]),
+    Mutant("trl_roll_and_logratios_per_answer", "as TRL: labels rolled by one (torch.roll) instead of sliced, token log-probs as the "
+           "gathered logit minus logsumexp row by row (selective_log_softmax), zeroed where masked; logits = "
+           "(chosen - ref_chosen) - (rejected - ref_rejected)",
+           [(GATHER_AND_SUM,
+             "    labels = torch.roll(labels, shifts=-1, dims=1)  # labels[:, t] is now the token logits[:, t] predicts\n"
+             "    mask = labels != ignore_index\n"
+             "    mask[:, -1] = False  # the last logits predict past the end\n"
+             "    index = labels.masked_fill(~mask, 0).unsqueeze(-1)\n"
+             "    selected = torch.gather(logits, dim=-1, index=index).squeeze(-1)\n"
+             "    logsumexp = torch.stack([torch.logsumexp(row, dim=-1) for row in logits])  # one row at a time, as TRL\n"
+             "    per_token_logps = (selected - logsumexp).masked_fill(~mask, 0)\n"
+             "    return per_token_logps.sum(dim=-1)"),
+            (LOGITS, "    chosen_logratios = policy_chosen_logps - reference_chosen_logps\n"
+                     "    rejected_logratios = policy_rejected_logps - reference_rejected_logps\n"
+                     "    logits = chosen_logratios - rejected_logratios")]),
+    Mutant("transformers_pad_shift", "as transformers' ForCausalLMLoss (in the logits' own dtype): the labels padded with ignore_index "
+           "and shifted left, cross-entropy over every position with reduction='none', summed per row",
+           [(GATHER_AND_SUM, TRANSFORMERS_LOSS.format(logits="logits"))]),
 ]

@@ -1,13 +1,15 @@
 """Hidden suite of module 01 (RMSNorm): transformers' LlamaRMSNorm is the oracle, float64 the truth.
 
 Run: pytest grader/hidden/01_rmsnorm --impl solutions   (or --impl path/to/submission)
+
+Every expected value is computed before the learner's code runs, from inputs it never holds.
 """
 
 import pytest
 import torch
 from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
-from grader.harness.checks import assert_close, assert_raises
+from grader.harness.checks import assert_close, assert_raises, tolerance_for
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(64,), (3, 64), (2, 5, 128), (2, 2, 3, 96)]
@@ -60,20 +62,32 @@ def test_matches_llama_rmsnorm(impl, device, dtype, shape):
     """rms_norm(x, weight) matches transformers' LlamaRMSNorm (weight in the input's dtype), for several shapes and dtypes."""
     x = random_input(shape, dtype, device)
     weight = (torch.rand(shape[-1]) + 0.5).to(device=device, dtype=dtype)
-    out = impl.rms_norm(x, weight)
-    expected = llama_rms_norm(x, weight)
-    assert_close(out, expected, what=f"rms_norm(x, weight) for {dtype} x of shape {shape}", mistakes=known_mistakes(x, weight))
-    assert_close(out, truth(x, weight), what="rms_norm(x, weight) against the float64 formula", dtype=dtype)
+    expected, exact, mistakes = llama_rms_norm(x, weight), truth(x, weight), known_mistakes(x, weight)
+    out = impl.rms_norm(x.clone(), weight.clone())
+    assert_close(out, expected, what=f"rms_norm(x, weight) for {dtype} x of shape {shape}", mistakes=mistakes)
+    assert_close(out, exact, what="rms_norm(x, weight) against the float64 formula", dtype=dtype)
+
+
+# (x dtype, weight dtype): mixed precision keeps float32 weights under bf16/fp16 activations; the reverse and a
+# mix of the two half types also promote to float32.
+PROMOTIONS = [(torch.float16, torch.float32), (torch.bfloat16, torch.float32), (torch.float32, torch.bfloat16),
+              (torch.float32, torch.float16), (torch.float16, torch.bfloat16)]
 
 
 @pytest.mark.points(2)
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_float32_weight_promotes_the_output(impl, device, dtype):
-    """A low-precision x with a float32 weight gives a float32 output: cast back to x.dtype happens before the weight."""
-    x = random_input((4, 64), dtype, device)
-    weight = (torch.rand(64) + 0.5).to(device)
-    out = impl.rms_norm(x, weight)
-    assert_close(out, llama_rms_norm(x, weight), what=f"rms_norm({dtype} x, float32 weight)", dtype=torch.float32)
+@pytest.mark.parametrize("x_dtype, weight_dtype", PROMOTIONS, ids=lambda d: str(d).removeprefix("torch."))
+def test_output_dtype_follows_type_promotion(impl, device, x_dtype, weight_dtype):
+    """x and weight of different dtypes give the dtype weight * y promotes to (bf16 x, float32 weight: float32), values right to x's precision."""
+    x = random_input((4, 64), x_dtype, device)
+    weight = (torch.rand(64) + 0.5).to(device=device, dtype=weight_dtype)
+    expected, exact = llama_rms_norm(x, weight), truth(x, weight)
+    out = impl.rms_norm(x.clone(), weight.clone())
+    # The dtype is graded exactly. The values are graded at x's precision: LlamaRMSNorm rounds the normalised x
+    # to x.dtype before the weight, T5LayerNorm stays in float32 to the end. Both orders are right.
+    want, tol = torch.promote_types(x_dtype, weight_dtype), tolerance_for(x_dtype, device)
+    what = f"rms_norm({x_dtype} x, {weight_dtype} weight)"
+    assert_close(out, expected, what=f"{what} against LlamaRMSNorm", dtype=want, tol=tol)
+    assert_close(out, exact, what=f"{what} against the float64 formula", dtype=want, tol=tol)
 
 
 @pytest.mark.points(2)
@@ -81,16 +95,18 @@ def test_float32_weight_promotes_the_output(impl, device, dtype):
 def test_without_weight_keeps_the_input_dtype(impl, device, dtype):
     """Without a weight the output has x's dtype and equals the normalised x."""
     x = random_input((3, 7, 48), dtype, device)
-    assert_close(impl.rms_norm(x), truth(x), what=f"rms_norm(x) for {dtype} x", dtype=dtype, mistakes=known_mistakes(x))
+    exact, mistakes = truth(x), known_mistakes(x)
+    assert_close(impl.rms_norm(x.clone()), exact, what=f"rms_norm(x) for {dtype} x", dtype=dtype, mistakes=mistakes)
 
 
 @pytest.mark.points(2)
 def test_statistics_in_float32_for_float16(impl, device):
     """float16 values whose squares overflow float16 (|x| > 256) still normalise correctly: statistics in float32."""
     x = random_input((4, 64), torch.float16, device, scale=1.0) * 1000
+    exact = truth(x)
     assert_close(
-        impl.rms_norm(x),
-        truth(x),
+        impl.rms_norm(x.clone()),
+        exact,
         what="rms_norm(x) for float16 x with values around 1000",
         dtype=torch.float16,
         mistakes={"the squares overflowed float16: compute mean(x**2) in float32": lambda out: bool((out == 0).any() | ~torch.isfinite(out).any())},
@@ -102,15 +118,17 @@ def test_statistics_in_float32_for_float16(impl, device):
 def test_eps_inside_the_square_root(impl, device, eps):
     """eps enters as sqrt(mean(x**2) + eps): checked on small inputs where eps matters."""
     x = random_input((5, 32), torch.float32, device, scale=1e-3)
-    out = impl.rms_norm(x, eps=eps)
-    assert_close(out, truth(x, eps=eps), what=f"rms_norm(x, eps={eps}) for x around 1e-3", dtype=torch.float32, mistakes=known_mistakes(x, eps=eps))
+    exact, mistakes = truth(x, eps=eps), known_mistakes(x, eps=eps)
+    out = impl.rms_norm(x.clone(), eps=eps)
+    assert_close(out, exact, what=f"rms_norm(x, eps={eps}) for x around 1e-3", dtype=torch.float32, mistakes=mistakes)
 
 
 @pytest.mark.points(1)
 def test_default_eps_is_1e_minus_6(impl, device):
     """Called without eps, rms_norm uses eps=1e-6 (LlamaRMSNorm's default)."""
     x = random_input((5, 32), torch.float32, device, scale=1e-3)
-    assert_close(impl.rms_norm(x), truth(x, eps=1e-6), what="rms_norm(x) with the default eps", dtype=torch.float32)
+    exact = truth(x, eps=1e-6)
+    assert_close(impl.rms_norm(x.clone()), exact, what="rms_norm(x) with the default eps", dtype=torch.float32)
 
 
 @pytest.mark.points(1)
@@ -118,7 +136,8 @@ def test_all_zero_rows_give_zeros(impl, device):
     """An all-zero row normalises to zeros, with no NaN or inf."""
     x = torch.zeros(3, 16, device=device)
     x[1] = torch.randn(16, device=device)
-    assert_close(impl.rms_norm(x), truth(x), what="rms_norm of a tensor with all-zero rows", dtype=torch.float32)
+    exact = truth(x)
+    assert_close(impl.rms_norm(x.clone()), exact, what="rms_norm of a tensor with all-zero rows", dtype=torch.float32)
 
 
 @pytest.mark.points(1)
@@ -127,19 +146,21 @@ def test_non_contiguous_input(impl, device):
     x = random_input((32, 6), torch.float32, device).t()  # (6, 32), not contiguous
     assert not x.is_contiguous()
     weight = (torch.rand(32) + 0.5).to(device)
-    assert_close(impl.rms_norm(x, weight), truth(x, weight), what="rms_norm of a transposed (non-contiguous) input", dtype=torch.float32, mistakes=known_mistakes(x, weight))
+    exact, mistakes = truth(x, weight), known_mistakes(x, weight)
+    assert_close(impl.rms_norm(x, weight), exact, what="rms_norm of a transposed (non-contiguous) input", dtype=torch.float32, mistakes=mistakes)
 
 
 @pytest.mark.points(2)
 def test_normalises_over_the_last_dimension_only(impl, device):
     """Each vector along the last dimension is normalised on its own: changing one row leaves the others unchanged."""
     x = random_input((4, 6, 32), torch.float32, device)
-    out = impl.rms_norm(x)
     x2 = x.clone()
     x2[0, 0] *= 10
+    exact = truth(x)
+    out = impl.rms_norm(x.clone())
     out2 = impl.rms_norm(x2)
     assert_close(out2[1:], out[1:], what="outputs of the rows that were not changed")
-    assert_close(out, truth(x), what="rms_norm(x) for x of shape (4, 6, 32)", dtype=torch.float32)
+    assert_close(out, exact, what="rms_norm(x) for x of shape (4, 6, 32)", dtype=torch.float32)
 
 
 @pytest.mark.points(3)
@@ -149,10 +170,10 @@ def test_gradients_match_autograd_of_the_formula(impl, device, with_weight):
     x = random_input((3, 5, 24), torch.float32, device).requires_grad_()
     weight = (torch.rand(24, device=device) + 0.5).requires_grad_() if with_weight else None
     grad_out = torch.randn(3, 5, 24, device=device)
-    impl.rms_norm(x, weight).backward(grad_out)
     x64 = x.detach().double().requires_grad_()
     w64 = weight.detach().double().requires_grad_() if with_weight else None
     truth(x64, w64).backward(grad_out.double())
+    impl.rms_norm(x, weight).backward(grad_out.clone())
     assert x.grad is not None, "rms_norm(x) gave no gradient for x: do not detach or leave autograd"
     assert_close(x.grad, x64.grad, what="the gradient of rms_norm with respect to x", dtype=torch.float32)
     if with_weight:
@@ -182,11 +203,12 @@ def test_layer_matches_llama_rmsnorm_with_its_state_dict(impl, device, dtype):
     with torch.no_grad():
         reference.weight.copy_(torch.rand(64) + 0.5)
     reference = reference.to(device=device, dtype=dtype)
-    layer = impl.RMSNorm(64, eps=1e-5)
-    layer.load_state_dict(reference.state_dict())
-    layer = layer.to(device=device, dtype=dtype)
     x = random_input((2, 9, 64), dtype, device)
-    assert_close(layer(x), reference(x).detach(), what=f"RMSNorm(64, eps=1e-5) for {dtype} x", mistakes=known_mistakes(x, reference.weight.detach(), eps=1e-5))
+    expected, mistakes = reference(x).detach(), known_mistakes(x, reference.weight.detach(), eps=1e-5)
+    layer = impl.RMSNorm(64, eps=1e-5)
+    layer.load_state_dict({name: tensor.clone() for name, tensor in reference.state_dict().items()})
+    layer = layer.to(device=device, dtype=dtype)
+    assert_close(layer(x.clone()), expected, what=f"RMSNorm(64, eps=1e-5) for {dtype} x", mistakes=mistakes)
 
 
 @pytest.mark.points(1)
@@ -194,7 +216,8 @@ def test_layer_uses_its_eps(impl, device):
     """RMSNorm(dim, eps) uses its own eps in forward, not the default."""
     layer = impl.RMSNorm(32, eps=0.1).to(device)
     x = random_input((4, 32), torch.float32, device, scale=0.05)
-    assert_close(layer(x), truth(x, eps=0.1), what="RMSNorm(32, eps=0.1)(x)", dtype=torch.float32)
+    exact = truth(x, eps=0.1)
+    assert_close(layer(x.clone()), exact, what="RMSNorm(32, eps=0.1)(x)", dtype=torch.float32)
 
 
 @pytest.mark.points(1)

@@ -2,6 +2,9 @@
 oracle, the formulas in float64 the truth.
 
 Run: pytest grader/hidden/02_rope --impl solutions   (or --impl path/to/submission)
+
+The learner's functions get copies of the inputs: expected values come from the originals, which no
+learner code ever holds.
 """
 
 import math
@@ -203,7 +206,7 @@ def test_cos_sin_match_llama_rotary_embedding(impl, device, head_dim, base, case
     """rope_cos_sin equals LlamaRotaryEmbedding's (cos, sin) for positions from 0, from an offset, and batched."""
     shape, start = POSITION_CASES[case]
     positions = random_positions(shape, start, device)
-    cos, sin = impl.rope_cos_sin(positions, head_dim, base)
+    cos, sin = impl.rope_cos_sin(positions.clone(), head_dim, base)
     angles = angles_truth(positions, head_dim, base)
     slack = angle_error_bound(angles, base)
     what = f"rope_cos_sin(positions of shape {shape}, head_dim={head_dim}, base={base:g})"
@@ -220,7 +223,7 @@ def test_cos_sin_match_llama_rotary_embedding(impl, device, head_dim, base, case
 def test_cos_sin_at_long_positions(impl, device, base):
     """At positions up to 131071 (long contexts) the tables stay within float32 rounding of the angles: no drift."""
     positions = torch.tensor([0, 1, 255, 256, 257, 1000, 2047, 2049, 4095, 8191, 32767, 65537, 131071], device=device)
-    cos, sin = impl.rope_cos_sin(positions, 128, base)
+    cos, sin = impl.rope_cos_sin(positions.clone(), 128, base)
     angles = angles_truth(positions, 128, base)
     slack = angle_error_bound(angles, base)
     mistakes = table_mistakes(positions, 128, base)
@@ -237,7 +240,7 @@ def test_cos_sin_shape_dtype_and_device(impl, device, int_dtype):
     """Tables have shape positions.shape + (head_dim,), dtype float32, and live on the positions' device."""
     for shape in [(6,), (2, 6)]:
         positions = torch.arange(6, dtype=int_dtype, device=device).expand(shape).contiguous()
-        cos, sin = impl.rope_cos_sin(positions, 32)
+        cos, sin = impl.rope_cos_sin(positions.clone(), 32)
         angles = angles_truth(positions, 32, 10000.0)
         for name, table, truth in (("cos", cos, angles.cos()), ("sin", sin, angles.sin())):
             assert table.device.type == device.type, f"{name} is on {table.device} but positions are on {device}: build inv_freq on positions.device"
@@ -248,7 +251,7 @@ def test_cos_sin_shape_dtype_and_device(impl, device, int_dtype):
 def test_cos_sin_default_base_is_10000(impl, device):
     """Called without base, rope_cos_sin uses 10000."""
     positions = torch.arange(20, device=device)
-    cos, _ = impl.rope_cos_sin(positions, 32)
+    cos, _ = impl.rope_cos_sin(positions.clone(), 32)
     assert_close(cos, angles_truth(positions, 32, 10000.0).cos(), what="cos of rope_cos_sin(positions, 32)", dtype=torch.float32)
 
 
@@ -266,7 +269,7 @@ def test_apply_rope_matches_llama(impl, device, head_dim, dtype, batched):
     positions = random_positions((batch, seq) if batched else (seq,), 17, device)
     x = torch.randn(batch, heads, seq, head_dim).to(device=device, dtype=dtype)
     cos, sin = llama_cos_sin(positions, head_dim, base)  # float32 tables, laid out as rope_cos_sin makes them
-    out = impl.apply_rope(x, cos, sin)
+    out = impl.apply_rope(x.clone(), cos.clone(), sin.clone())
     angles = angles_truth(positions, head_dim, base)
     what = f"apply_rope for {dtype} x of shape {tuple(x.shape)} and tables of shape {tuple(cos.shape)}"
     slack = pair_norms(x) * angle_error_bound(angles if not batched else angles[:, None], base)
@@ -281,8 +284,8 @@ def test_rope_end_to_end_matches_llama(impl, device, dtype):
     head_dim, base = 64, 500000.0
     positions = torch.arange(300, 316, device=device)
     x = torch.randn(1, 4, 16, head_dim).to(device=device, dtype=dtype)
-    cos, sin = impl.rope_cos_sin(positions, head_dim, base)
-    out = impl.apply_rope(x, cos, sin)
+    cos, sin = impl.rope_cos_sin(positions.clone(), head_dim, base)
+    out = impl.apply_rope(x.clone(), cos.clone(), sin.clone())
     angles = angles_truth(positions, head_dim, base)
     slack = pair_norms(x) * angle_error_bound(angles, base)
     llama_cos, llama_sin = llama_cos_sin(positions, head_dim, base, dtype)
@@ -298,7 +301,7 @@ def test_batched_tables_broadcast_over_heads(impl, device):
     cos, sin = llama_cos_sin(positions, 64, 10000.0)
     angles = angles_truth(positions, 64, 10000.0)
     slack = pair_norms(x) * angle_error_bound(angles[:, None], 10000.0)
-    out = impl.apply_rope(x, cos, sin)
+    out = impl.apply_rope(x.clone(), cos.clone(), sin.clone())
     # without the heads dimension, (batch, seq, d) broadcasts as (1, batch, seq, d): head h gets batch row h's angles
     mistakes = {
         "the batched tables were not given a heads dimension: (batch, seq, d) must become (batch, 1, seq, d) "
@@ -315,7 +318,7 @@ def test_position_zero_is_the_identity(impl, device, dtype):
     cos, sin = impl.rope_cos_sin(torch.zeros(1, dtype=torch.long, device=device), 64)
     assert_close(cos, torch.ones(1, 64), what="cos at position 0", dtype=torch.float32)
     assert_close(sin, torch.zeros(1, 64), what="sin at position 0", dtype=torch.float32)
-    assert_close(impl.apply_rope(x, cos, sin), x.detach().cpu().double(), what=f"apply_rope at position 0 for {dtype} x", dtype=dtype)
+    assert_close(impl.apply_rope(x.clone(), cos.clone(), sin.clone()), x.detach().cpu().double(), what=f"apply_rope at position 0 for {dtype} x", dtype=dtype)
 
 
 @pytest.mark.points(1)
@@ -323,8 +326,8 @@ def test_rotation_keeps_the_length_of_every_pair(impl, device):
     """Each pair (x[j], x[j + d/2]) keeps its length after apply_rope: RoPE rotates, it never scales."""
     positions = torch.arange(0, 4000, 125, device=device)
     x = torch.randn(2, 3, positions.numel(), 64, device=device)
-    cos, sin = impl.rope_cos_sin(positions, 64)
-    out = impl.apply_rope(x, cos, sin)
+    cos, sin = impl.rope_cos_sin(positions.clone(), 64)
+    out = impl.apply_rope(x.clone(), cos.clone(), sin.clone())
     assert_close(pair_norms(out), pair_norms(x), what="the length of each (x[j], x[j + d/2]) pair after apply_rope", dtype=torch.float64, tol=tolerance_for(torch.float32, device))
 
 
@@ -338,7 +341,7 @@ def test_scores_depend_only_on_the_distance(impl, device):
 
     def scores(shift):
         cos, sin = impl.rope_cos_sin(base_positions + shift, head_dim)
-        return impl.apply_rope(q, cos, sin) @ impl.apply_rope(k, cos, sin).transpose(-1, -2)
+        return impl.apply_rope(q.clone(), cos.clone(), sin.clone()) @ impl.apply_rope(k.clone(), cos.clone(), sin.clone()).transpose(-1, -2)
 
     reference = rotate_truth(q, angles_truth(base_positions, head_dim, 10000.0)) @ rotate_truth(k, angles_truth(base_positions, head_dim, 10000.0)).transpose(-1, -2)
     for shift in (0, 1, 7, 250, 1000):
@@ -356,9 +359,9 @@ def test_decoding_one_token_matches_the_full_sequence(impl, device):
     """Rotating one new token with the tables of its position alone gives the same row as rotating the whole sequence."""
     head_dim, seq = 64, 24
     x = torch.randn(2, 4, seq, head_dim, device=device)
-    full = impl.apply_rope(x, *impl.rope_cos_sin(torch.arange(seq, device=device), head_dim))
+    full = impl.apply_rope(x.clone(), *impl.rope_cos_sin(torch.arange(seq, device=device), head_dim))
     for p in (0, 13, seq - 1):
-        one = impl.apply_rope(x[:, :, p : p + 1], *impl.rope_cos_sin(torch.tensor([p], device=device), head_dim))
+        one = impl.apply_rope(x[:, :, p : p + 1].clone(), *impl.rope_cos_sin(torch.tensor([p], device=device), head_dim))
         assert_close(one, full[:, :, p : p + 1].detach(), what=f"apply_rope of the single token at position {p}")
 
 
@@ -368,10 +371,11 @@ def test_gradient_is_the_inverse_rotation(impl, device):
     positions = torch.arange(5, 15, device=device)
     x = torch.randn(2, 2, 10, 32, device=device, requires_grad=True)
     grad_out = torch.randn(2, 2, 10, 32, device=device)
-    cos, sin = impl.rope_cos_sin(positions, 32)
-    impl.apply_rope(x, cos, sin).backward(grad_out)
+    expected = rotate_truth(grad_out, angles_truth(positions, 32, 10000.0), sign=-1.0)
+    cos, sin = impl.rope_cos_sin(positions.clone(), 32)
+    impl.apply_rope(x, cos, sin).backward(grad_out.clone())
     assert x.grad is not None, "apply_rope gave no gradient for x: do not detach x or leave autograd"
-    assert_close(x.grad, rotate_truth(grad_out, angles_truth(positions, 32, 10000.0), sign=-1.0), what="the gradient of apply_rope with respect to x", dtype=torch.float32)
+    assert_close(x.grad, expected, what="the gradient of apply_rope with respect to x", dtype=torch.float32)
 
 
 @pytest.mark.points(1)
@@ -382,4 +386,4 @@ def test_non_contiguous_input(impl, device):
     assert not x.is_contiguous()
     cos, sin = llama_cos_sin(positions, 32, 10000.0)
     angles = angles_truth(positions, 32, 10000.0)
-    assert_close(impl.apply_rope(x, cos, sin), rotate_truth(x, angles), what="apply_rope of a transposed (non-contiguous) x", dtype=torch.float32, mistakes=rotation_mistakes(x, angles))
+    assert_close(impl.apply_rope(x.clone(), cos.clone(), sin.clone()), rotate_truth(x, angles), what="apply_rope of a transposed (non-contiguous) x", dtype=torch.float32, mistakes=rotation_mistakes(x, angles))

@@ -5,6 +5,10 @@ Run: pytest grader/hidden/03_lora --impl solutions   (or --impl path/to/submissi
 peft 0.21 keeps one LoRA adapter of an nn.Linear as `lora_A["default"].weight` (r, in),
 `lora_B["default"].weight` (out, r), `scaling["default"] = lora_alpha / r`, around `base_layer`.
 Models are built from configs with random weights: nothing is downloaded.
+
+Expected values never come from an object the learner's code holds: a LoRALinear may legally change its base
+layer's weight (merge(), or merging on eval() as microsoft/LoRA's loralib does), so every truth is computed
+from a copy of the base layer (or of the inputs) taken before the learner's code sees it.
 """
 
 import copy
@@ -116,9 +120,9 @@ def test_forward_matches_peft(impl, device, dtype, r, alpha):
     A, B = random_AB(r, 48, 24, dtype, device)
     ours, theirs = pair(impl, linear, r, alpha, A, B)
     x = torch.randn(3, 7, 48).to(device=device, dtype=dtype)
-    out = ours(x)
-    mistakes = known_mistakes(linear, A, B, x, r, alpha)
-    assert_close(out, theirs(x).detach(), what=f"LoRALinear(r={r}, alpha={alpha})(x) for {dtype} x against peft", mistakes=mistakes)
+    expected, mistakes = theirs(x).detach(), known_mistakes(linear, A, B, x, r, alpha)
+    out = ours(x.clone())
+    assert_close(out, expected, what=f"LoRALinear(r={r}, alpha={alpha})(x) for {dtype} x against peft", mistakes=mistakes)
     assert_close(out, truth(linear, A, B, x, alpha / r), what="LoRALinear(x) against the float64 formula", dtype=dtype, mistakes=mistakes)
 
 
@@ -129,7 +133,8 @@ def test_forward_without_bias(impl, device):
     A, B = random_AB(4, 16, 40, torch.float32, device)
     ours, theirs = pair(impl, linear, 4, 8.0, A, B)
     x = torch.randn(5, 16, device=device)
-    assert_close(ours(x), theirs(x).detach(), what="LoRALinear(Linear(16, 40, bias=False))(x) against peft",
+    expected = theirs(x).detach()
+    assert_close(ours(x.clone()), expected, what="LoRALinear(Linear(16, 40, bias=False))(x) against peft",
                  mistakes=known_mistakes(linear, A, B, x, 4, 8.0))
 
 
@@ -142,8 +147,8 @@ def test_gradients_match_peft(impl, device):
     x = torch.randn(6, 32, device=device)
     grad_out = torch.randn(6, 20, device=device)
     x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    ours(x_ours).backward(grad_out)
-    theirs(x_theirs).backward(grad_out)
+    theirs(x_theirs).backward(grad_out.clone())
+    ours(x_ours).backward(grad_out.clone())
     assert ours.lora_A.grad is not None and ours.lora_B.grad is not None, "lora_A and lora_B got no gradient: keep them in the autograd graph"
     A_theirs, B_theirs = theirs.lora_A["default"].weight.grad, theirs.lora_B["default"].weight.grad
     assert_close(ours.lora_A.grad, A_theirs, what="the gradient of lora_A against peft")
@@ -203,6 +208,9 @@ def test_unmerge_restores_the_weight(impl, device):
     A, B = random_AB(8, 24, 32, torch.float32, device)
     ours, theirs = pair(impl, linear, 8, 16.0, A, B)
     x = torch.randn(5, 24, device=device)
+    theirs.merge()
+    theirs.unmerge()
+    expected = theirs(x).detach()
     for _ in range(2):  # the round trip works more than once
         ours.merge()
         ours.unmerge()
@@ -212,9 +220,7 @@ def test_unmerge_restores_the_weight(impl, device):
     ours.unmerge()  # not merged: nothing to take out
     assert_close(ours.base.weight.detach(), original, what="base.weight after unmerge() of an unmerged layer",
                  mistakes={"unmerge() subtracted the update although the layer was not merged": original.double() - B.double() @ A.double() * 2.0})
-    theirs.merge()
-    theirs.unmerge()
-    assert_close(ours(x), theirs(x).detach(), what="the output after merge() and unmerge() against peft's", mistakes=known_mistakes(linear, A, B, x, 8, 16.0))
+    assert_close(ours(x.clone()), expected, what="the output after merge() and unmerge() against peft's", mistakes=known_mistakes(linear, A, B, x, 8, 16.0))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -327,13 +333,15 @@ def test_dropout_only_on_the_lora_path_in_training(impl, device):
     """In training mode dropout drops inputs of the LoRA path only (scaled by 1/(1-p)); in eval mode it is off."""
     n, p = 32, 0.5
     linear = nn.Linear(n, n).to(device=device, dtype=torch.float64)
+    base = copy.deepcopy(linear)  # the truth's weights: the layer may merge into `linear` (on eval(), as loralib does)
     layer = impl.LoRALinear(linear, r=n, alpha=float(n), dropout=p)  # scaling 1
     Q = orthogonal(n, device)
     with torch.no_grad():  # A orthogonal, B the identity: the LoRA path is dropout(x) @ Q.T, invertible
         layer.lora_A.copy_(Q)
         layer.lora_B.copy_(torch.eye(n, dtype=torch.float64, device=device))
     x = torch.randn(64, n, dtype=torch.float64, device=device) + 3.0  # away from 0: kept and dropped differ
-    base_out = linear(x).detach()
+    base_out = base(x).detach()
+    eval_truth = truth(base, Q, torch.eye(n, dtype=torch.float64, device=device), x, 1.0)
 
     layer.train()
     dropped_x = ((layer(x).detach() - base_out) @ Q)  # what the LoRA path saw, recovered
@@ -349,7 +357,7 @@ def test_dropout_only_on_the_lora_path_in_training(impl, device):
     layer.eval()
     random_in_eval = lambda out: not torch.equal(layer(x), layer(x))  # noqa: E731
     mistakes = {"dropout is also active in eval mode: use nn.Dropout (it follows model.eval())": random_in_eval}
-    assert_close(layer(x), truth(linear, Q, torch.eye(n, dtype=torch.float64, device=device), x, 1.0), what="LoRALinear(dropout=0.5)(x) in eval mode", mistakes=mistakes)
+    assert_close(layer(x), eval_truth, what="LoRALinear(dropout=0.5)(x) in eval mode", mistakes=mistakes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -482,7 +490,8 @@ def test_trainable_parameters_counts_elements(impl):
     tied.b.weight = tied.a.weight
     assert impl.trainable_parameters(tied) == 36, "a parameter shared by two layers counts once (model.parameters() yields it once)"
     llama = peft_model(tiny_llama(), ["q_proj", "v_proj"])
-    assert impl.trainable_parameters(llama) == llama.get_nb_trainable_parameters()[0], "trainable_parameters of a peft model differs from peft's count"
+    expected = llama.get_nb_trainable_parameters()[0]
+    assert impl.trainable_parameters(llama) == expected, "trainable_parameters of a peft model differs from peft's count"
 
 
 # ---------------------------------------------------------------------------------------------------

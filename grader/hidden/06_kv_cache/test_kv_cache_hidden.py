@@ -6,6 +6,9 @@ compared with transformers' own cache and generate. Token-level comparisons run 
 cached and recomputed logits agree to ~1e-15 and an argmax cannot flip on a near-tie.
 
 Run: pytest grader/hidden/06_kv_cache --impl solutions   (or --impl path/to/submission)
+
+A cache legally keeps (or writes into) the tensors it is given, and generate holds the model and the prompt:
+expected values are computed before the learner's code runs, from copies it never holds.
 """
 
 import pytest
@@ -79,10 +82,10 @@ def test_update_matches_dynamic_cache(impl, device, dtype):
     for step, new in enumerate([5, 1, 1, 3, 1]):
         for layer in range(3):
             k, v = random_states(2, 2, new, 16, dtype, device)
-            keys, values = mine.update(k, v, layer)
-            want_keys, want_values = theirs.update(k, v, layer)
+            want_keys, want_values = (t.clone() for t in theirs.update(k.clone(), v.clone(), layer))
+            keys, values = mine.update(k.clone(), v.clone(), layer)
             when = f"at step {step} (adding {new} token(s)) of layer {layer}"
-            mistakes = {"you returned only the new states: update returns the layer's whole cache": k}
+            mistakes = {"you returned only the new states: update returns the layer's whole cache": k.clone()}
             assert_close(keys, want_keys, what=f"the keys returned by update {when}", mistakes=mistakes)
             assert_close(values, want_values, what=f"the values returned by update {when}")
             length, want = mine.get_seq_length(layer), theirs.get_seq_length(layer)
@@ -95,15 +98,18 @@ def test_layers_do_not_share_a_cache(impl, device):
     cache = impl.KVCache()
     k0, v0 = random_states(1, 2, 4, 8, torch.float32, device)
     k1, v1 = random_states(1, 2, 4, 8, torch.float32, device)
-    cache.update(k0, v0, 0)
-    keys1, _ = cache.update(k1, v1, 1)
-    assert_close(keys1, k1, what="the keys of layer 1 after its first update",
-                 mistakes={"layer 1 got layer 0's keys too: keep one cache per layer_idx": torch.cat([k0, k1], dim=-2)})
     k_new, v_new = random_states(1, 2, 1, 8, torch.float32, device)
-    keys0, values0 = cache.update(k_new, v_new, 0)
-    assert_close(keys0, torch.cat([k0, k_new], dim=-2), what="the keys of layer 0 after a second update",
-                 mistakes={"layer 0's cache holds layer 1's keys: keep one cache per layer_idx": torch.cat([k0, k1, k_new], dim=-2)})
-    assert_close(values0, torch.cat([v0, v_new], dim=-2), what="the values of layer 0 after a second update")
+    layer0_keys, layer0_values = torch.cat([k0, k_new], dim=-2), torch.cat([v0, v_new], dim=-2)
+    shared_keys, mixed_keys = torch.cat([k0, k1], dim=-2), torch.cat([k0, k1, k_new], dim=-2)
+    layer1_keys = k1.clone()
+    cache.update(k0.clone(), v0.clone(), 0)
+    keys1, _ = cache.update(k1.clone(), v1.clone(), 1)
+    assert_close(keys1, layer1_keys, what="the keys of layer 1 after its first update",
+                 mistakes={"layer 1 got layer 0's keys too: keep one cache per layer_idx": shared_keys})
+    keys0, values0 = cache.update(k_new.clone(), v_new.clone(), 0)
+    assert_close(keys0, layer0_keys, what="the keys of layer 0 after a second update",
+                 mistakes={"layer 0's cache holds layer 1's keys: keep one cache per layer_idx": mixed_keys})
+    assert_close(values0, layer0_values, what="the values of layer 0 after a second update")
     assert (cache.get_seq_length(0), cache.get_seq_length(1)) == (5, 4), (
         f"get_seq_length gives {(cache.get_seq_length(0), cache.get_seq_length(1))} for layers (0, 1), expected (5, 4)"
     )
@@ -211,8 +217,8 @@ def test_generate_matches_transformers(impl, device, use_cache):
     """generate(model, prompt, n, use_cache) gives the tokens of transformers' greedy generate, batch of 3."""
     tiny, llama = llama_pair(impl, device)
     prompt = torch.randint(0, VOCAB, (3, 6), device=device)
-    got = impl.generate(tiny, prompt, 8, use_cache=use_cache)
-    want = llama_greedy(llama, prompt, 8)
+    want = llama_greedy(llama, prompt.clone(), 8)
+    got = impl.generate(tiny, prompt.clone(), 8, use_cache=use_cache)
     assert_shape(got, tuple(want.shape), what=f"generate(model, prompt of shape (3, 6), 8, use_cache={use_cache})")
     assert got.dtype == torch.long and got.device.type == device.type, f"generate should return token ids (torch.long) on {device}, got {got.dtype} on {got.device}"
     assert torch.equal(got[:, :6], prompt), "generate should return the prompt followed by the new tokens"
@@ -226,8 +232,8 @@ def test_generate_with_and_without_cache_agree(impl, device):
     """generate with use_cache=True and use_cache=False give the same tokens, for MQA and a longer run."""
     tiny, _ = llama_pair(impl, device, num_kv_heads=1)
     prompt = torch.randint(0, VOCAB, (2, 3), device=device)
-    with_cache = impl.generate(tiny, prompt, 20, use_cache=True)
-    without = impl.generate(tiny, prompt, 20, use_cache=False)
+    with_cache = impl.generate(tiny, prompt.clone(), 20, use_cache=True)
+    without = impl.generate(tiny, prompt.clone(), 20, use_cache=False)
     assert torch.equal(with_cache, without), (
         f"with the cache: {with_cache[:, 3:].tolist()}\nwithout:        {without[:, 3:].tolist()}"
     )
@@ -239,7 +245,7 @@ def test_generate_prefills_once_then_one_token_per_step(impl, device):
     tiny, llama = llama_pair(impl, device)
     prompt = torch.randint(0, VOCAB, (2, 5), device=device)
     recorder = Recorder(tiny)
-    tokens = impl.generate(recorder, prompt, 6, use_cache=True)
+    tokens = impl.generate(recorder, prompt.clone(), 6, use_cache=True)
     shapes = [shape for shape, _ in recorder.calls]
     want_shapes = [(2, 5)] + [(2, 1)] * 5
     assert shapes == want_shapes, (
@@ -258,7 +264,7 @@ def test_generate_without_cache_recomputes_everything(impl, device):
     tiny, _ = llama_pair(impl, device, num_layers=1)
     prompt = torch.randint(0, VOCAB, (2, 4), device=device)
     recorder = Recorder(tiny)
-    impl.generate(recorder, prompt, 4, use_cache=False)
+    impl.generate(recorder, prompt.clone(), 4, use_cache=False)
     shapes = [shape for shape, _ in recorder.calls]
     want_shapes = [(2, 4), (2, 5), (2, 6), (2, 7)]
     assert shapes == want_shapes, (
@@ -272,9 +278,9 @@ def test_generate_one_token(impl, device):
     """max_new_tokens=1 appends the argmax of the prompt's last logits (one call, the prefill)."""
     tiny, llama = llama_pair(impl, device)
     prompt = torch.randint(0, VOCAB, (4, 7), device=device)
-    got = impl.generate(tiny, prompt, 1)
     with torch.no_grad():
         want = llama(prompt).logits[:, -1].argmax(-1)
+    got = impl.generate(tiny, prompt.clone(), 1)
     assert_shape(got, (4, 8), what="generate(model, prompt of shape (4, 7), 1)")
     assert torch.equal(got[:, -1], want), f"the new token is {got[:, -1].tolist()}, the argmax of the last logits is {want.tolist()}"
 
@@ -316,7 +322,7 @@ def test_bytes_match_what_the_caches_hold(impl, device, dtype):
     ids = torch.randint(0, VOCAB, (2, 7), device=device)
     with torch.no_grad():
         theirs = DynamicCache()
-        llama(ids, past_key_values=theirs, use_cache=True)
+        llama(ids, cache=theirs, use_cache=True)
         mine = HeldCache(impl.KVCache())
         tiny(ids, torch.arange(7, device=device), mine)
     element = torch.tensor([], dtype=dtype).element_size()

@@ -3,6 +3,9 @@ the oracles of `sequence_logps`; the formulas of the contract (TRL's `dpo_loss` 
 here in float64, are the oracles of `dpo_loss`; a few training steps of a tiny Llama check the effect.
 
 Run: pytest grader/hidden/07_dpo_loss --impl solutions   (or --impl path/to/submission)
+
+The learner's functions get copies of the inputs (`copies`), and expected values come from the originals,
+computed before the learner's code runs; only the training test hands over its own labels, and checks them.
 """
 
 import copy
@@ -21,6 +24,11 @@ LOSS_TYPES = ["sigmoid", "ipo", "hinge"]
 
 # ---------------------------------------------------------------------------------------------------
 # Truths, written independently of any implementation
+
+
+def copies(*tensors):
+    """Clones to hand to the learner's code: the test keeps the originals for its expected values."""
+    return tuple(t.clone() for t in tensors)
 
 
 def logps_by_hand(logits, labels, ignore_index=-100):
@@ -147,9 +155,9 @@ def test_sequence_logps_matches_gather_and_sum(impl, device, dtype, shape):
     labels = torch.randint(0, vocab, (batch, length))
     labels[:, : length // 3] = -100
     labels = labels.to(device)
-    out = impl.sequence_logps(logits, labels)
-    assert_close(out, logps_by_hand(logits, labels), what=f"sequence_logps for {dtype} logits of shape {shape}", dtype=dtype,
-                 mistakes=sequence_mistakes(logits, labels))
+    expected, mistakes = logps_by_hand(logits, labels), sequence_mistakes(logits, labels)
+    out = impl.sequence_logps(*copies(logits, labels))
+    assert_close(out, expected, what=f"sequence_logps for {dtype} logits of shape {shape}", dtype=dtype, mistakes=mistakes)
 
 
 @pytest.mark.points(4)
@@ -161,10 +169,10 @@ def test_sequence_logps_matches_transformers_causal_lm_loss(impl, device):
         out = model(input_ids=ids, labels=labels)
         per_row = [model(input_ids=ids[b : b + 1], labels=labels[b : b + 1]).loss for b in range(3)]
     counted = (labels[:, 1:] != -100).sum(-1)  # tokens each row's loss averages over
-    logps = impl.sequence_logps(out.logits, labels)
     mistakes = sequence_mistakes(out.logits, labels)
     # transformers' loss is the mean negative log-likelihood over the counted tokens.
     expected_rows = -torch.stack(per_row) * counted
+    logps = impl.sequence_logps(*copies(out.logits, labels))
     assert_close(logps, expected_rows, what="sequence_logps against -(LlamaForCausalLM loss of each row) x (its counted tokens)", mistakes=mistakes)
     assert_close(-logps.sum() / counted.sum(), out.loss, what="-sum(sequence_logps) / (counted tokens), against the batch's LlamaForCausalLM loss")
 
@@ -181,11 +189,11 @@ def test_custom_ignore_index_matches_transformers(impl, device, ignore_index):
         logits = model(input_ids=ids).logits
     counted = (labels[:, 1:] != ignore_index).sum()
     expected = -ForCausalLMLoss(logits, labels, VOCAB, ignore_index=ignore_index) * counted
-    logps = impl.sequence_logps(logits, labels, ignore_index=ignore_index)
+    by_hand, mistakes = logps_by_hand(logits, labels, ignore_index), sequence_mistakes(logits, labels, ignore_index)
+    logps = impl.sequence_logps(*copies(logits, labels), ignore_index=ignore_index)
     assert_shape(logps, (2,), what=f"sequence_logps(..., ignore_index={ignore_index})")
     assert_close(logps.sum(), expected, what=f"the sum of sequence_logps(..., ignore_index={ignore_index}) against transformers' ForCausalLMLoss")
-    assert_close(logps, logps_by_hand(logits, labels, ignore_index), what=f"sequence_logps(..., ignore_index={ignore_index})", dtype=torch.float32,
-                 mistakes=sequence_mistakes(logits, labels, ignore_index))
+    assert_close(logps, by_hand, what=f"sequence_logps(..., ignore_index={ignore_index})", dtype=torch.float32, mistakes=mistakes)
 
 
 @pytest.mark.points(3)
@@ -202,9 +210,9 @@ def test_right_padding_changes_nothing(impl, device):
     labels[:, :prompt] = -100
     ids, attention_mask, labels = ids.to(device), attention_mask.to(device), labels.to(device)
     with torch.no_grad():
-        padded = impl.sequence_logps(model(input_ids=ids, attention_mask=attention_mask).logits, labels)
-        alone = torch.stack([impl.sequence_logps(model(input_ids=ids[b : b + 1, :n]).logits, labels[b : b + 1, :n])[0] for b, n in enumerate(lengths)])
         expected = torch.stack([logps_by_hand(model(input_ids=ids[b : b + 1, :n]).logits, labels[b : b + 1, :n])[0] for b, n in enumerate(lengths)])
+        padded = impl.sequence_logps(model(input_ids=ids, attention_mask=attention_mask).logits, labels.clone())
+        alone = torch.stack([impl.sequence_logps(model(input_ids=ids[b : b + 1, :n]).logits, labels[b : b + 1, :n].clone())[0] for b, n in enumerate(lengths)])
     assert_close(alone, expected, what="sequence_logps of each row alone", dtype=torch.float32)
     assert_close(padded, expected, what="sequence_logps of the right-padded batch", dtype=torch.float32,
                  mistakes={"padding was counted: positions labelled -100 must add nothing": lambda out: bool((out < expected.to(out) - 1e-3).any())})
@@ -220,9 +228,9 @@ def test_left_padding_and_garbage_logits(impl, device):
     reference = logps_by_hand(logits, labels)
     logits[0, :3] = 1e4 * torch.randn(3, 13)  # positions 0..2 score labels 1..3, all ignored
     logits[1, 0] = -1e4
-    out = impl.sequence_logps(logits.to(device), labels.to(device))
-    assert_close(out, reference, what="sequence_logps with garbage logits at ignored positions", dtype=torch.float32,
-                 mistakes=sequence_mistakes(logits, labels))
+    mistakes = sequence_mistakes(logits, labels)
+    out = impl.sequence_logps(logits.to(device, copy=True), labels.to(device, copy=True))
+    assert_close(out, reference, what="sequence_logps with garbage logits at ignored positions", dtype=torch.float32, mistakes=mistakes)
 
 
 @pytest.mark.points(1)
@@ -230,10 +238,10 @@ def test_only_label_positions_one_to_end_count(impl, device):
     """labels[:, 0] is never scored and logits[:, -1] score nothing (they predict past the end)."""
     logits = torch.randn(3, 6, 10, device=device)
     labels = torch.randint(0, 10, (3, 6), device=device)
-    base = impl.sequence_logps(logits, labels)
     labels2, logits2 = labels.clone(), logits.clone()
     labels2[:, 0] = (labels[:, 0] + 1) % 10
     logits2[:, -1] = torch.randn(3, 10, device=device) * 10
+    base = impl.sequence_logps(*copies(logits, labels))
     assert_close(impl.sequence_logps(logits2, labels2), base.detach(), what="sequence_logps after changing labels[:, 0] and logits[:, -1]",
                  mistakes={"logits[:, t] predicts labels[:, t + 1]: shift by one": lambda out: True})
 
@@ -244,8 +252,9 @@ def test_a_row_with_nothing_to_score_gives_zero(impl, device):
     logits = torch.randn(2, 5, 8, device=device)
     labels = torch.randint(0, 8, (2, 5), device=device)
     labels[0] = -100
-    out = impl.sequence_logps(logits, labels)
-    assert_close(out, logps_by_hand(logits, labels), what="sequence_logps with an all-ignored first row", dtype=torch.float32,
+    expected = logps_by_hand(logits, labels)
+    out = impl.sequence_logps(*copies(logits, labels))
+    assert_close(out, expected, what="sequence_logps with an all-ignored first row", dtype=torch.float32,
                  mistakes={"an all-ignored row gave NaN: a mean over zero tokens? DPO sums": lambda out: bool(torch.isnan(out).any())})
 
 
@@ -257,7 +266,7 @@ def test_sequence_logps_gradient(impl, device):
     labels[:, :2] = -100
     labels[2, 5:] = -100
     weights = torch.randn(3, device=device)
-    (impl.sequence_logps(logits, labels) * weights).sum().backward()
+    (impl.sequence_logps(logits, labels.clone()) * weights).sum().backward()
     logits64 = logits.detach().double().requires_grad_()
     (logps_float64(logits64, labels) * weights.double()).sum().backward()
     assert logits.grad is not None, "sequence_logps gave no gradient for the logits: keep it differentiable (no .detach(), no argmax)"
@@ -275,9 +284,9 @@ def test_sequence_logps_gradient(impl, device):
 def test_loss_matches_the_formula(impl, device, loss_type, beta, dtype):
     """Each loss type equals its formula (TRL's conventions) for several beta, per pair, in the inputs' dtype."""
     pc, pr, rc, rr = preference_logps(16, device, dtype)
-    losses, _, _ = impl.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type)
-    assert_close(losses, loss_truth(pc, pr, rc, rr, beta, loss_type=loss_type), what=f"dpo_loss(..., beta={beta}, loss_type={loss_type!r}) losses",
-                 dtype=dtype, mistakes=loss_mistakes(pc, pr, rc, rr, beta, loss_type=loss_type))
+    expected, mistakes = loss_truth(pc, pr, rc, rr, beta, loss_type=loss_type), loss_mistakes(pc, pr, rc, rr, beta, loss_type=loss_type)
+    losses, _, _ = impl.dpo_loss(*copies(pc, pr, rc, rr), beta=beta, loss_type=loss_type)
+    assert_close(losses, expected, what=f"dpo_loss(..., beta={beta}, loss_type={loss_type!r}) losses", dtype=dtype, mistakes=mistakes)
 
 
 @pytest.mark.points(3)
@@ -285,7 +294,7 @@ def test_loss_matches_the_formula(impl, device, loss_type, beta, dtype):
 def test_label_smoothing(impl, device, label_smoothing):
     """With label_smoothing the sigmoid loss mixes in the flipped pair: (1 - ls) * -logsigmoid(bz) + ls * -logsigmoid(-bz)."""
     pc, pr, rc, rr = preference_logps(16, device)
-    losses, _, _ = impl.dpo_loss(pc, pr, rc, rr, beta=0.3, label_smoothing=label_smoothing)
+    losses, _, _ = impl.dpo_loss(*copies(pc, pr, rc, rr), beta=0.3, label_smoothing=label_smoothing)
     assert_close(losses, loss_truth(pc, pr, rc, rr, 0.3, label_smoothing), what=f"the sigmoid loss with label_smoothing={label_smoothing}",
                  dtype=torch.float32, mistakes=loss_mistakes(pc, pr, rc, rr, 0.3, label_smoothing))
     # cDPO: binary cross-entropy of sigmoid(beta * logits) against the soft target 1 - label_smoothing.
@@ -301,7 +310,7 @@ def test_label_smoothing(impl, device, label_smoothing):
 def test_sigmoid_loss_is_the_papers_bradley_terry_likelihood(impl, device, beta):
     """The sigmoid loss is the DPO paper's -log sigmoid(reward_chosen - reward_rejected), with the rewards it returns."""
     pc, pr, rc, rr = preference_logps(12, device)
-    losses, chosen_rewards, rejected_rewards = impl.dpo_loss(pc, pr, rc, rr, beta=beta)
+    losses, chosen_rewards, rejected_rewards = impl.dpo_loss(*copies(pc, pr, rc, rr), beta=beta)
     # arXiv:2305.18290, eq. 7, written per answer: r(x, y) = beta * log(pi(y|x) / pi_ref(y|x)).
     r_chosen, r_rejected = beta * (pc.double() - rc.double()), beta * (pr.double() - rr.double())
     paper = -torch.log(torch.sigmoid(r_chosen - r_rejected))  # float64: no underflow for these margins
@@ -316,7 +325,7 @@ def test_sigmoid_loss_is_the_papers_bradley_terry_likelihood(impl, device, beta)
 def test_defaults(impl, device):
     """Without keyword arguments: beta=0.1, no label smoothing, loss_type="sigmoid"."""
     pc, pr, rc, rr = preference_logps(8, device)
-    losses, chosen_rewards, _ = impl.dpo_loss(pc, pr, rc, rr)
+    losses, chosen_rewards, _ = impl.dpo_loss(*copies(pc, pr, rc, rr))
     assert_close(losses, loss_truth(pc, pr, rc, rr, 0.1), what="dpo_loss with default arguments", dtype=torch.float32,
                  mistakes=loss_mistakes(pc, pr, rc, rr, 0.1))
     assert_close(chosen_rewards, 0.1 * (pc - rc).double(), what="chosen_rewards with the default beta", dtype=torch.float32)
@@ -341,7 +350,7 @@ def test_large_margins_stay_finite(impl, device):
     """beta * logits of +-1000 give finite losses (0 and 1000): use logsigmoid, not log(sigmoid(...))."""
     zeros = torch.zeros(2, device=device)
     pc = torch.tensor([1e4, -1e4], device=device)
-    losses, _, _ = impl.dpo_loss(pc, zeros, zeros, zeros, beta=0.1)
+    losses, _, _ = impl.dpo_loss(*copies(pc, zeros, zeros, zeros), beta=0.1)
     assert_close(losses, torch.tensor([0.0, 1000.0], dtype=torch.float64), what="the sigmoid loss for beta * logits = [1000, -1000]", dtype=torch.float32,
                  mistakes={"log(sigmoid(x)) underflows to log(0) = -inf: use torch.nn.functional.logsigmoid": lambda out: bool(torch.isinf(out).any())})
 
@@ -357,7 +366,7 @@ def test_rewards_are_detached_log_ratios(impl, device, loss_type):
     pc, pr, rc, rr = preference_logps(10, device)
     pc.requires_grad_()
     pr.requires_grad_()
-    losses, chosen_rewards, rejected_rewards = impl.dpo_loss(pc, pr, rc, rr, beta=0.5, loss_type=loss_type)
+    losses, chosen_rewards, rejected_rewards = impl.dpo_loss(*copies(pc, pr, rc, rr), beta=0.5, loss_type=loss_type)
     assert_close(chosen_rewards, 0.5 * (pc - rc).double(), what="chosen_rewards", dtype=torch.float32,
                  mistakes={"beta is missing from the rewards": (pc - rc).detach(), "chosen and rejected rewards are swapped": 0.5 * (pr - rr).detach()})
     assert_close(rejected_rewards, 0.5 * (pr - rr).double(), what="rejected_rewards", dtype=torch.float32)
@@ -370,7 +379,7 @@ def test_rewards_are_detached_log_ratios(impl, device, loss_type):
 def test_implicit_reward_accuracy_and_margin(impl, device):
     """The reward margin (chosen - rejected) is beta * logits, and reward accuracy (margin > 0) matches the pairs' ordering."""
     pc, pr, rc, rr = preference_logps(64, device)
-    _, chosen_rewards, rejected_rewards = impl.dpo_loss(pc, pr, rc, rr, beta=0.2)
+    _, chosen_rewards, rejected_rewards = impl.dpo_loss(*copies(pc, pr, rc, rr), beta=0.2)
     margin = 0.2 * ((pc - pr) - (rc - rr)).double()
     assert_close(chosen_rewards - rejected_rewards, margin, what="the reward margin chosen_rewards - rejected_rewards", dtype=torch.float32)
     accuracy = (chosen_rewards > rejected_rewards).double().mean().cpu()
@@ -386,13 +395,13 @@ def test_gradients_raise_chosen_and_lower_rejected(impl, device, loss_type):
     rc, rr = preference_logps(8, device)[2:]
     pc = (rc + 0.1 * torch.randn(8, device=device)).requires_grad_()
     pr = (rr + 0.1 * torch.randn(8, device=device)).requires_grad_()
-    losses, _, _ = impl.dpo_loss(pc, pr, rc, rr, beta=beta, loss_type=loss_type)
+    pc64, pr64 = pc.detach().double().requires_grad_(), pr.detach().double().requires_grad_()
+    loss_truth(pc64, pr64, rc, rr, beta, loss_type=loss_type).sum().backward()
+    losses, _, _ = impl.dpo_loss(pc, pr, *copies(rc, rr), beta=beta, loss_type=loss_type)
     losses.sum().backward()
     assert pc.grad is not None and pr.grad is not None, "dpo_loss gave no gradient to the policy log-probabilities"
     assert bool((pc.grad < 0).all()), f"{loss_type}: d loss / d policy_chosen_logps should be negative (push the chosen answer up), got {pc.grad.tolist()}"
     assert bool((pr.grad > 0).all()), f"{loss_type}: d loss / d policy_rejected_logps should be positive (push the rejected answer down), got {pr.grad.tolist()}"
-    pc64, pr64 = pc.detach().double().requires_grad_(), pr.detach().double().requires_grad_()
-    loss_truth(pc64, pr64, rc, rr, beta, loss_type=loss_type).sum().backward()
     assert_close(pc.grad, pc64.grad, what=f"d loss / d policy_chosen_logps ({loss_type})", dtype=torch.float32)
     assert_close(pr.grad, pr64.grad, what=f"d loss / d policy_rejected_logps ({loss_type})", dtype=torch.float32)
 
@@ -435,12 +444,13 @@ def test_a_few_dpo_steps_widen_the_margin(impl, device):
         return ids, labels
 
     (chosen_ids, chosen_labels), (rejected_ids, rejected_labels) = batch(chosen), batch(rejected)
+    kept = {"chosen": chosen_labels.clone(), "rejected": rejected_labels.clone()}  # the test's own copies
     steps = 4  # with lr 1e-2 the correct loss gives margins of about 8 nats after 4 steps, the minimum over pairs above 5
 
     def margins():
         """(policy - reference) log-ratio gap of chosen over rejected, measured with the test's own float64 sum."""
         with torch.no_grad():
-            gap = [logps_float64(m(input_ids=i).logits, l) for m in (policy, reference) for i, l in ((chosen_ids, chosen_labels), (rejected_ids, rejected_labels))]
+            gap = [logps_float64(m(input_ids=i).logits, l) for m in (policy, reference) for i, l in ((chosen_ids, kept["chosen"]), (rejected_ids, kept["rejected"]))]
         return ((gap[0] - gap[1]) - (gap[2] - gap[3])).cpu()
 
     before = margins()
@@ -459,6 +469,11 @@ def test_a_few_dpo_steps_widen_the_margin(impl, device):
         loss.backward()
         optimizer.step()
     after = margins()
+    for name, labels in (("chosen", chosen_labels), ("rejected", rejected_labels)):
+        assert torch.equal(labels, kept[name]), (
+            f"sequence_logps changed the {name} labels it was given (the ignored positions?): the reference model's call on the same "
+            "labels then scores other tokens. Write into a copy (labels = labels[:, 1:].clone()), never into the caller's tensor"
+        )
     assert torch.allclose(before, torch.zeros_like(before), atol=1e-4), "the policy and its reference copy should start equal"
     assert abs(losses_seen[0] - math.log(2)) < 1e-3, f"the first DPO loss (policy == reference) should be log 2 = 0.693, got {losses_seen[0]:.4f}"
     assert float(after.mean()) > 2.0 and bool((after > 0).all()), (
