@@ -301,6 +301,39 @@ def distributed(out: Path) -> None:
     collectives(out)
 
 
+# 11 ---------------------------------------------------------------------------------------------
+
+
+def sampling_filters(out: Path) -> None:
+    ref = reference("11_sampling")
+    logits = torch.tensor([[2.6, 2.2, 1.9, 1.5, 1.2, 0.9, 0.5, 0.1, -0.4, -0.9, -1.5, -2.2]])
+    seen = torch.tensor([[0, 1, 0]])  # tokens 0 and 1 are already in the sequence
+    tokens = torch.arange(logits.shape[-1])
+    panels = [
+        ("temperature 0.6", ref.apply_temperature(logits, 0.6)),
+        ("temperature 1.8", ref.apply_temperature(logits, 1.8)),
+        ("top-k, k = 4", ref.top_k_filter(logits, 4)),
+        ("top-p, p = 0.8", ref.top_p_filter(logits, 0.8)),
+        ("min-p, min_p = 0.15", ref.min_p_filter(logits, 0.15)),
+        ("repetition penalty 1.5\n(tokens 0 and 1 seen)", ref.apply_repetition_penalty(logits, seen, 1.5)),
+    ]
+    before = logits.softmax(-1)[0]
+    fig, axes = plt.subplots(2, 3, figsize=(10, 5.2), dpi=110, constrained_layout=True, sharey=True)
+    for ax, (title, processed) in zip(axes.flat, panels):
+        after = processed.softmax(-1)[0]
+        ax.bar(tokens - 0.2, before, 0.4, color=GREY, label="before")
+        ax.bar(tokens + 0.2, after, 0.4, color=BLUE, label="after")
+        removed = ~torch.isfinite(processed[0])
+        ax.scatter(tokens[removed], torch.zeros(int(removed.sum())), marker="x", color=RED, zorder=3, label="removed")
+        ax.set_title(f"{title}: {int((~removed).sum())} tokens left")
+        ax.set_xticks(tokens)
+        ax.set_xlabel("token (by logit, largest first)")
+    axes[0, 0].set_ylabel("probability")
+    axes[1, 0].set_ylabel("probability")
+    axes[0, 0].legend(fontsize=7)
+    fig.savefig(out / "11_sampling_filters.png")
+
+
 FIGURES = {
     "01_rmsnorm": rmsnorm_vs_layernorm,
     "02_rope": rope_rotations,
@@ -310,6 +343,7 @@ FIGURES = {
     "06_kv_cache": kv_cache_cost,
     "07_dpo_loss": dpo_loss_against_margin,
     "08_distributed_launch": distributed,
+    "11_sampling": sampling_filters,
 }
 
 
