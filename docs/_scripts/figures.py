@@ -301,6 +301,114 @@ def distributed(out: Path) -> None:
     collectives(out)
 
 
+# 11 ---------------------------------------------------------------------------------------------
+
+
+def sampling_filters(out: Path) -> None:
+    ref = reference("11_sampling")
+    logits = torch.tensor([[2.6, 2.2, 1.9, 1.5, 1.2, 0.9, 0.5, 0.1, -0.4, -0.9, -1.5, -2.2]])
+    seen = torch.tensor([[0, 1, 0]])  # tokens 0 and 1 are already in the sequence
+    tokens = torch.arange(logits.shape[-1])
+    panels = [
+        ("temperature 0.6", ref.apply_temperature(logits, 0.6)),
+        ("temperature 1.8", ref.apply_temperature(logits, 1.8)),
+        ("top-k, k = 4", ref.top_k_filter(logits, 4)),
+        ("top-p, p = 0.8", ref.top_p_filter(logits, 0.8)),
+        ("min-p, min_p = 0.15", ref.min_p_filter(logits, 0.15)),
+        ("repetition penalty 1.5\n(tokens 0 and 1 seen)", ref.apply_repetition_penalty(logits, seen, 1.5)),
+    ]
+    before = logits.softmax(-1)[0]
+    fig, axes = plt.subplots(2, 3, figsize=(10, 5.2), dpi=110, constrained_layout=True, sharey=True)
+    for ax, (title, processed) in zip(axes.flat, panels):
+        after = processed.softmax(-1)[0]
+        ax.bar(tokens - 0.2, before, 0.4, color=GREY, label="before")
+        ax.bar(tokens + 0.2, after, 0.4, color=BLUE, label="after")
+        removed = ~torch.isfinite(processed[0])
+        ax.scatter(tokens[removed], torch.zeros(int(removed.sum())), marker="x", color=RED, zorder=3, label="removed")
+        ax.set_title(f"{title}: {int((~removed).sum())} tokens left")
+        ax.set_xticks(tokens)
+        ax.set_xlabel("token (by logit, largest first)")
+    axes[0, 0].set_ylabel("probability")
+    axes[1, 0].set_ylabel("probability")
+    axes[0, 0].legend(fontsize=7)
+    fig.savefig(out / "11_sampling_filters.png")
+
+
+# 12 ---------------------------------------------------------------------------------------------
+
+
+def tiny_llama_block(out: Path) -> None:
+    """The forward pass as one picture (shapes from a reference TinyLlama), and a 1B model's parameters by part."""
+    from types import SimpleNamespace
+
+    ref = reference("12_tiny_llama")
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 6.2), dpi=110, constrained_layout=True,
+                                      gridspec_kw={"width_ratios": [1.15, 1]})
+    # Left: the boxes of the forward pass, the shapes printed by running a small reference model.
+    config = SimpleNamespace(vocab_size=1000, hidden_size=64, intermediate_size=172, num_hidden_layers=2, num_attention_heads=4,
+                             num_key_value_heads=2, head_dim=16, rms_norm_eps=1e-6, tie_word_embeddings=True,
+                             rope_parameters={"rope_theta": 10000.0})
+    model = ref.TinyLlama(config).eval()
+    shapes = {}
+
+    def remember(name):
+        def hook(module, args, output):  # returns None: the output is left as it is
+            shapes[name] = tuple(output.shape)
+        return hook
+
+    for name in ("model.embed_tokens", "model.layers.0.self_attn", "model.layers.0.mlp", "model.norm", "lm_head"):
+        model.get_submodule(name).register_forward_hook(remember(name))
+    with torch.no_grad():
+        model(torch.randint(0, 1000, (2, 7)))
+    boxes = [  # (y, label, module where it comes from, colour)
+        (11.0, f"input_ids {(2, 7)}", "", GREY),
+        (10.0, f"embed_tokens -> {shapes['model.embed_tokens']}", "", GREY),
+        (8.9, "input_layernorm (RMSNorm)", "01", BLUE),
+        (7.9, "q, k, v = q_proj, k_proj, v_proj;  RoPE on q, k", "02", BLUE),
+        (6.9, f"GQA attention, KV cache -> o_proj {shapes['model.layers.0.self_attn']}", "06, 09, 10", BLUE),
+        (5.8, "+ residual", "", BLUE),
+        (4.8, "post_attention_layernorm (RMSNorm)", "01", ORANGE),
+        (3.8, f"SwiGLU: down(silu(gate) * up) {shapes['model.layers.0.mlp']}", "12", ORANGE),
+        (2.8, "+ residual", "", ORANGE),
+        (1.7, f"final norm {shapes['model.norm']}", "01", GREY),
+        (0.7, f"lm_head (tied) -> logits {shapes['lm_head']}", "", GREY),
+        (-0.3, "next token: greedy or sampled", "11", GREEN),
+    ]
+    for y, label, where, colour in boxes:
+        left.text(0.40, y, label, ha="center", va="center", fontsize=8,
+                  bbox={"boxstyle": "round,pad=0.35", "facecolor": colour, "alpha": 0.18, "edgecolor": colour})
+        if where:
+            left.text(1.0, y, f"module {where}", ha="right", va="center", fontsize=7, color=GREY)
+    for (y0, *_), (y1, *_) in zip(boxes, boxes[1:]):
+        left.annotate("", xy=(0.40, y1 + 0.3), xytext=(0.40, y0 - 0.3), arrowprops={"arrowstyle": "->", "color": GREY})
+    left.add_patch(plt.Rectangle((0.0, 2.35), 0.80, 7.05, fill=False, ls="--", color=GREY))
+    left.text(0.01, 2.12, f"x {config.num_hidden_layers} decoder layers", fontsize=8, color=GREY, va="center")
+    left.set_xlim(0, 1)
+    left.set_ylim(-0.9, 11.6)
+    left.axis("off")
+    left.set_title("The forward pass of TinyLlama\n(shapes of a reference run: batch 2, 7 tokens, hidden 64)")
+    # Right: where the parameters of a Llama-3.2-1B-shaped model sit (built on the meta device: no memory).
+    big = SimpleNamespace(vocab_size=128256, hidden_size=2048, intermediate_size=8192, num_hidden_layers=16, num_attention_heads=32,
+                          num_key_value_heads=8, head_dim=64, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                          rope_parameters={"rope_theta": 500000.0})
+    with torch.device("meta"):
+        model = ref.TinyLlama(big)
+    parts = {"embeddings (tied head)": 0, "attention q, k, v, o": 0, "MLP gate, up, down": 0, "RMSNorm weights": 0}
+    for name, p in model.named_parameters():  # a tied head is named once
+        key = ("embeddings (tied head)" if "embed" in name or "lm_head" in name else "attention q, k, v, o" if "self_attn" in name
+               else "MLP gate, up, down" if "mlp" in name else "RMSNorm weights")
+        parts[key] += p.numel()
+    total = sum(parts.values())
+    right.barh(list(parts), [v / 1e6 for v in parts.values()], color=[GREY, BLUE, ORANGE, GREEN])
+    for i, v in enumerate(parts.values()):
+        right.text(v / 1e6, i, f" {v / 1e6:,.1f} M ({100 * v / total:.1f} %)", va="center", fontsize=8)
+    right.set_xlim(0, max(parts.values()) / 1e6 * 1.45)
+    right.invert_yaxis()
+    right.set_xlabel("parameters (millions)")
+    right.set_title(f"Parameters of a Llama-3.2-1B-shaped TinyLlama\n{total:,} in all")
+    fig.savefig(out / "12_tiny_llama_block.png")
+
+
 FIGURES = {
     "01_rmsnorm": rmsnorm_vs_layernorm,
     "02_rope": rope_rotations,
@@ -310,6 +418,8 @@ FIGURES = {
     "06_kv_cache": kv_cache_cost,
     "07_dpo_loss": dpo_loss_against_margin,
     "08_distributed_launch": distributed,
+    "11_sampling": sampling_filters,
+    "12_tiny_llama": tiny_llama_block,
 }
 
 
