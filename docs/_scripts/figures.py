@@ -333,6 +333,44 @@ def gqa_cache_and_groups(out: Path) -> None:
     fig.savefig(out / "09_gqa_cache_and_groups.png")
 
 
+# 10 ---------------------------------------------------------------------------------------------
+
+
+def flash_attention_memory(out: Path) -> None:
+    ref = reference("10_flash_attention")
+    lengths = [256 * 2**i for i in range(10)]  # 256 .. 131072 tokens
+    sizes = [ref.attention_memory_bytes(n, 128, 64, 64) for n in lengths]  # float32, head_dim 128, blocks of 64
+    fig, (left, right) = new_figure(9.0, 3.4)
+    left.loglog(lengths, [naive / 2**20 for naive, _ in sizes], "o-", color=RED, label="naive: the whole score matrix", base=2)
+    left.loglog(lengths, [tiled / 2**20 for _, tiled in sizes], "o-", color=GREEN, label="tiled: one 64 x 64 tile + its state", base=2)
+    left.axhline(228 / 1024, color=GREY, ls=":", label="H100 shared memory per SM (228 KiB)")
+    left.set_xlabel("sequence length")
+    left.set_ylabel("MiB per (batch, head), fp32")
+    left.set_title("Scores held at once: quadratic against constant")
+    left.legend(fontsize=7)
+    # The online softmax on one query: the running output, normalised, after each block of 16 keys.
+    torch.manual_seed(0)
+    scores, v = torch.randn(1, 256) * 3, torch.randn(256, 1)
+    m, l, acc = torch.full((1,), float("-inf")), torch.zeros(1), torch.zeros(1, 1)
+    running, maxima = [], []
+    for start in range(0, 256, 16):
+        m, l, acc = ref.online_softmax_update(m, l, acc, scores[:, start:start + 16], v[start:start + 16])
+        running.append((acc / l[:, None]).item())
+        maxima.append(m.item())
+    exact = (scores.softmax(-1) @ v).item()
+    blocks = range(1, 17)
+    right.plot(blocks, running, "o-", color=BLUE, label="acc / l after each block")
+    right.axhline(exact, color=GREY, ls="--", label="softmax(scores) @ v")
+    twin = right.twinx()
+    twin.step(blocks, maxima, where="post", color=ORANGE, label="running max m")
+    twin.set_ylabel("running max m", color=ORANGE)
+    right.set_xlabel("blocks of 16 keys folded in")
+    right.set_ylabel("output of one query")
+    right.set_title("The online softmax: exact once\nthe last block is in")
+    right.legend(fontsize=7, loc="lower right")
+    fig.savefig(out / "10_flash_attention_memory.png")
+
+
 FIGURES = {
     "01_rmsnorm": rmsnorm_vs_layernorm,
     "02_rope": rope_rotations,
@@ -343,6 +381,7 @@ FIGURES = {
     "07_dpo_loss": dpo_loss_against_margin,
     "08_distributed_launch": distributed,
     "09_attention": gqa_cache_and_groups,
+    "10_flash_attention": flash_attention_memory,
 }
 
 
