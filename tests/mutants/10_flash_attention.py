@@ -17,8 +17,7 @@ MASK = '                scores = scores.masked_fill(cols > rows, float("-inf"))'
 SCORES = "            scores = (q_block @ k[..., k_start:k_end, :].float().transpose(-2, -1)) * scale  # (..., bq, bk)"
 OUT = "        outs.append((acc / l[..., None]).to(q.dtype))"
 LSE = "        lses.append(m + torch.log(l))"
-CHECK = "    if block_q < 1 or block_k < 1:\n        raise ValueError"
-TILED = "    tiled = (block_q * block_k + block_q * (head_dim + 2)) * bytes_per_element"
+TILED = "    naive = seq_len * seq_len * bytes_per_element\n    tiled = (block_q * block_k + block_q * (head_dim + 2)) * bytes_per_element"
 
 MUTANTS = [
     Mutant("sum_not_rescaled", "adds the block's sum to l without rescaling the old sum by exp(m_old - m_new)",
@@ -53,10 +52,10 @@ MUTANTS = [
            [(CROSSES, "            if causal and k_start == q_start:")]),
     Mutant("scale_one_over_d", "scales the scores by 1/head_dim instead of 1/sqrt(head_dim)",
            [("        scale = head_dim ** -0.5", "        scale = head_dim ** -1.0")]),
-    Mutant("blocks_not_checked", "accepts block sizes below 1",
-           [(CHECK, "    if False:\n        raise ValueError")]),
+    Mutant("lse_in_input_dtype", "returns lse in q's dtype instead of float32",
+           [(LSE, "        lses.append((m + torch.log(l)).to(q.dtype))")]),
     Mutant("tiled_bytes_without_m_and_l", "counts acc but not m and l in the tiled working set",
-           [(TILED, "    tiled = (block_q * block_k + block_q * head_dim) * bytes_per_element")]),
+           [(TILED, "    naive = seq_len * seq_len * bytes_per_element\n    tiled = (block_q * block_k + block_q * head_dim) * bytes_per_element")]),
     Mutant("naive_bytes_in_elements", "returns the naive score matrix in elements, not bytes",
            [("    naive = seq_len * seq_len * bytes_per_element", "    naive = seq_len * seq_len")]),
 ]
