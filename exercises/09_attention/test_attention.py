@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from grader.harness.checks import assert_close, assert_raises, assert_shape
+from grader.harness.checks import assert_close, assert_raises, assert_shape, tolerance_for
 
 
 def attention_float64(q, k, v, causal=True, padding_mask=None, scale=None):
@@ -43,9 +43,9 @@ def test_pasted_rope_rotates_half_pairs(impl):
     positions = torch.arange(7)
     cos, sin = impl.rope_cos_sin(positions, 16)
     assert_shape(cos, (7, 16), what="cos from rope_cos_sin(arange(7), 16)")
-    x1, x2 = x[..., ::2], x[..., 1::2]
-    mistakes = {"you rotated neighbouring pairs (2i, 2i+1) (GPT-J's layout); Llama pairs j with j + head_dim // 2":
-                rope_float64(torch.stack([x1, x2], -1).flatten(-2), positions)}
+    halves = rope_float64(torch.cat([x[..., 0::2], x[..., 1::2]], dim=-1), positions)  # pairs (2i, 2i+1), rotated
+    interleaved = torch.stack([halves[..., :8], halves[..., 8:]], dim=-1).flatten(-2)
+    mistakes = {"you rotated neighbouring pairs (2i, 2i+1) (GPT-J's layout); Llama pairs j with j + head_dim // 2": interleaved}
     assert_close(impl.apply_rope(x, cos, sin), rope_float64(x, positions), what="apply_rope(x, *rope_cos_sin(arange(7), 16))",
                  dtype=torch.float32, mistakes=mistakes)
 
@@ -123,17 +123,37 @@ def test_module_layout_like_llama_attention(impl):
     assert_raises(ValueError, impl.GroupedQueryAttention, 64, 8, 3, when="for GroupedQueryAttention(64, 8, 3)")
 
 
+def gqa_float64(weights, x, chunks, heads=4, kv_heads=2, restart_positions=False):
+    """The layer in float64 from its weights, fed chunk by chunk; `restart_positions` numbers each chunk from 0."""
+    w = {name: t.double() for name, t in weights.items()}
+    batch, seq, _ = x.shape
+    split = lambda t, n: t.view(batch, seq, n, -1).transpose(1, 2)  # noqa: E731
+    q, k, v = split(x @ w["q_proj.weight"].T, heads), split(x @ w["k_proj.weight"].T, kv_heads), split(x @ w["v_proj.weight"].T, kv_heads)
+    outs = []
+    for a, b in chunks:
+        positions = torch.arange(b - a) if restart_positions else torch.arange(a, b)
+        keys = torch.cat([rope_float64(k[:, :, c:d], torch.arange(d - c) if restart_positions else torch.arange(c, d)) for c, d in chunks if d <= b], dim=2)
+        out = attention_float64(rope_float64(q[:, :, a:b], positions), keys, v[:, :, :b], causal=True)
+        outs.append(out.transpose(1, 2).reshape(batch, b - a, -1) @ w["o_proj.weight"].T)
+    return torch.cat(outs, dim=1)
+
+
 def test_module_with_a_cache_equals_the_full_pass(impl):
     """Feeding 4 tokens, then 1, then 1 through a cache gives the outputs of one pass over all 6 tokens."""
     layer = impl.GroupedQueryAttention(32, 4, 2).double()
+    weights = {name: t.detach().clone() for name, t in layer.state_dict().items()}
     x = torch.randn(1, 6, 32, dtype=torch.float64)
+    chunks = ((0, 4), (4, 5), (5, 6))
     with torch.no_grad():
-        full = layer(x)
+        full = layer(x.clone())
         cache = ListCache()
-        parts = [layer(x[:, a:b], cache=cache) for a, b in ((0, 4), (4, 5), (5, 6))]
-    assert_close(torch.cat(parts, dim=1), full, what="the outputs fed through a cache (4, then 1, then 1 token)",
-                 dtype=torch.float64, mistakes={"positions restart at 0 after the cache: offset them by cache.get_seq_length(layer_idx)":
-                                                lambda out: bool((out[:, :4] - full[:, :4]).abs().max() < 1e-9)})
+        parts = torch.cat([layer(x[:, a:b].clone(), cache=cache) for a, b in chunks], dim=1)
+    truth = gqa_float64(weights, x, [(0, 6)])
+    float32 = tolerance_for(torch.float32)  # the RoPE tables are float32, whatever the layer's dtype
+    assert_close(full, truth, what="GroupedQueryAttention(32, 4, 2) over 6 tokens in one pass", tol=float32)
+    mistakes = {"positions restart at 0 after the cache: offset them by cache.get_seq_length(layer_idx)":
+                gqa_float64(weights, x, chunks, restart_positions=True)}
+    assert_close(parts, truth, what="the outputs fed through a cache (4, then 1, then 1 token)", tol=float32, mistakes=mistakes)
 
 
 def test_kv_cache_saving(impl):
