@@ -35,10 +35,14 @@ def test_online_softmax_two_blocks_equal_one_softmax(impl):
     # What the common mistakes give: the old terms kept against the old max (no exp(m_old - m_new) rescaling).
     m1 = scores[:, :4].amax(-1, keepdim=True)
     m2 = torch.maximum(m1, scores[:, 4:].amax(-1, keepdim=True))
-    p1, p2 = (scores[:, :4] - m1).exp(), (scores[:, 4:] - m2).exp()
-    not_rescaled = (p1 @ v[:4] + p2 @ v[4:]) / (p1.sum(-1, keepdim=True) + p2.sum(-1, keepdim=True))
-    assert_close(acc / l[:, None], exact, what="acc / l after two blocks", dtype=torch.float32,
-                 mistakes={"l and acc are not rescaled by exp(m_old - m_new) when the running max grows": not_rescaled})
+    p1, p2, alpha = (scores[:, :4] - m1).exp(), (scores[:, 4:] - m2).exp(), (m1 - m2).exp()
+    acc1, acc2, l1, l2 = p1 @ v[:4], p2 @ v[4:], p1.sum(-1, keepdim=True), p2.sum(-1, keepdim=True)
+    mistakes = {
+        "neither l nor acc is rescaled by exp(m_old - m_new) when the running max grows": (acc1 + acc2) / (l1 + l2),
+        "l is not rescaled by exp(m_old - m_new) when the running max grows (acc is)": (alpha * acc1 + acc2) / (l1 + l2),
+        "acc is not rescaled by exp(m_old - m_new) when the running max grows (l is)": (acc1 + acc2) / (alpha * l1 + l2),
+    }
+    assert_close(acc / l[:, None], exact, what="acc / l after two blocks", dtype=torch.float32, mistakes=mistakes)
     assert_close(m + torch.log(l), torch.logsumexp(scores.double(), -1), what="m + log(l) after two blocks", dtype=torch.float32)
 
 
