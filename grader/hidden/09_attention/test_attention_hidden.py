@@ -244,7 +244,7 @@ def test_custom_scale(impl, device, scale):
     """attention(..., scale=s) multiplies the scores by s instead of head_dim ** -0.5."""
     q, k, v = qkv(2, 4, 4, 7, 7, 16, torch.float32, device)
     allowed = allowed_mask(7, 7, True, device=device)
-    out = impl.attention(q, k, v, causal=True, scale=scale)
+    out = impl.attention(q.clone(), k.clone(), v.clone(), causal=True, scale=scale)
     assert_close(out, truth(q, k, v, allowed, scale=scale).to(device), what=f"attention(q, k, v, scale={scale})", dtype=torch.float32,
                  mistakes={"scale was ignored: use it when given, head_dim ** -0.5 only when it is None": truth(q, k, v, allowed)})
 
@@ -254,7 +254,7 @@ def test_float64_inputs(impl, device):
     """float64 inputs give a float64 output (graded at float32 tolerance)."""
     q, k, v = qkv(2, 4, 2, 5, 8, 16, torch.float64, device)
     allowed = allowed_mask(5, 8, True, device=device)
-    out = impl.attention(q, k, v)
+    out = impl.attention(q.clone(), k.clone(), v.clone())
     assert out.dtype == torch.float64, f"attention for float64 inputs returned {out.dtype}: return q.dtype"
     assert_close(out.float(), truth(q, k, v, allowed).to(device), what="attention for float64 q, k, v", dtype=torch.float32)
 

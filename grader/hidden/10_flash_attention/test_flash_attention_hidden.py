@@ -155,7 +155,7 @@ def test_matches_sdpa(impl, device, shape, causal):
 def test_queries_and_keys_of_different_lengths(impl, device, lengths):
     """Without causal, q_len and kv_len may differ (ragged both ways)."""
     q, k, v = qkv(2, 2, *lengths, 16, torch.float32, device)
-    out, lse = impl.flash_attention(q, k, v, block_q=32, block_k=64)
+    out, lse = impl.flash_attention(q.clone(), k.clone(), v.clone(), block_q=32, block_k=64)
     want_out, want_lse = truth(q, k, v)
     assert_close(out, want_out.to(device), what=f"out of flash_attention for q_len {lengths[0]}, kv_len {lengths[1]}", dtype=torch.float32)
     assert_close(lse, want_lse.to(device), what=f"lse of flash_attention for q_len {lengths[0]}, kv_len {lengths[1]}", dtype=torch.float32)
@@ -167,7 +167,7 @@ def test_queries_and_keys_of_different_lengths(impl, device, lengths):
 def test_each_dtype(impl, device, dtype, causal):
     """out has q's dtype and lse is float32, both close to the float64 truth of the same (rounded) inputs."""
     q, k, v = qkv(2, 2, 97, 97, 32, dtype, device)
-    out, lse = impl.flash_attention(q, k, v, causal=causal, block_q=32, block_k=32)
+    out, lse = impl.flash_attention(q.clone(), k.clone(), v.clone(), causal=causal, block_q=32, block_k=32)
     want_out, want_lse = truth(q, k, v, causal)
     assert_close(out, want_out.to(device), what=f"out of flash_attention for {dtype} inputs", dtype=dtype)
     assert_close(lse, want_lse.to(device), what=f"lse of flash_attention for {dtype} inputs", dtype=torch.float32)
@@ -194,7 +194,7 @@ def test_gradients_match_sdpa(impl, device, dtype, causal):
 def test_custom_scale(impl, device, scale):
     """flash_attention(..., scale=s) multiplies the scores by s (and lse is the logsumexp of those scores)."""
     q, k, v = qkv(1, 2, 50, 50, 16, torch.float32, device)
-    out, lse = impl.flash_attention(q, k, v, block_q=16, block_k=16, scale=scale)
+    out, lse = impl.flash_attention(q.clone(), k.clone(), v.clone(), block_q=16, block_k=16, scale=scale)
     want_out, want_lse = truth(q, k, v, scale=scale)
     assert_close(out, want_out.to(device), what=f"out of flash_attention(scale={scale})", dtype=torch.float32)
     assert_close(lse, want_lse.to(device), what=f"lse of flash_attention(scale={scale})", dtype=torch.float32)
@@ -204,7 +204,7 @@ def test_custom_scale(impl, device, scale):
 def test_float64_inputs(impl, device):
     """float64 inputs give a float64 out (graded at float32 tolerance) and a float32 lse."""
     q, k, v = qkv(1, 2, 40, 40, 16, torch.float64, device)
-    out, lse = impl.flash_attention(q, k, v, causal=True, block_q=16, block_k=16)
+    out, lse = impl.flash_attention(q.clone(), k.clone(), v.clone(), causal=True, block_q=16, block_k=16)
     want_out, want_lse = truth(q, k, v, True)
     assert out.dtype == torch.float64, f"flash_attention returned out in {out.dtype} for float64 inputs: return q.dtype"
     assert_close(out.float(), want_out.to(device), what="out of flash_attention for float64 inputs", dtype=torch.float32)
@@ -288,7 +288,7 @@ def test_causal_skips_the_tiles_above_the_diagonal(impl, blocks):
     batch, heads, n, d = 1, 2, 257, 16
     q, k, v = qkv(batch, heads, n, n, d, torch.float32, "cpu")
     with Watch() as watch:
-        out, _ = impl.flash_attention(q, k, v, causal=True, block_q=block_q, block_k=block_k)
+        out, _ = impl.flash_attention(q.clone(), k.clone(), v.clone(), causal=True, block_q=block_q, block_k=block_k)
     budget = 2 * d * batch * heads * tile_area(n, n, block_q, block_k, causal=True)  # q @ k^T and p @ v on those tiles
     every_tile = 2 * d * batch * heads * n * n
     assert watch.macs <= budget, (
