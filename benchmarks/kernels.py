@@ -124,6 +124,45 @@ def kv_cache_rows(device: str) -> list[dict]:
     return rows
 
 
+_PEAK = """
+import resource, sys, torch
+sys.path.insert(0, {root!r})
+from grader.harness.course import get_module
+from grader.harness.loader import load_implementation
+from pathlib import Path
+ref = load_implementation(Path({root!r}) / "solutions", get_module("10_flash_attention"))
+torch.set_num_threads(1)
+def naive(q, k, v):
+    return torch.softmax(q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5, dim=-1) @ v
+def tiled(q, k, v):
+    return ref.flash_attention(q, k, v)[0]
+fn = {{"naive": naive, "tiled": tiled}}[sys.argv[1]]
+with torch.no_grad():
+    fn(*(torch.randn(1, 1, 256, 64) for _ in range(3)))  # warm up on a short sequence
+    q, k, v = (torch.randn(1, 1, {tokens}, 64) for _ in range(3))
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = fn(q, k, v)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((after - before) * 1024)  # ru_maxrss is in KiB on Linux
+"""
+
+
+def flash_attention_memory_rows(device: str, tokens: int = 4096) -> list[dict]:
+    """Peak resident memory added by one forward of naive attention and of the tiled reference (a fresh process each)."""
+    if device != "cpu":
+        return []
+    import subprocess
+
+    peak = {}
+    for kind in ("naive", "tiled"):
+        run = subprocess.run([sys.executable, "-c", _PEAK.format(root=str(ROOT), tokens=tokens), kind],
+                             capture_output=True, text=True, check=True)
+        peak[kind] = max(int(run.stdout.split()[-1]), 4096)  # below one page the high-water mark did not move
+    return [{"what": f"flash_attention at {tokens} tokens (1 head of 64, fp32, blocks of 64): peak {peak['tiled'] / 2**20:.1f} MiB "
+                     f"against {peak['naive'] / 2**20:.1f} MiB naive (peak memory)",
+             "seconds": None, "ratio": peak["naive"] / peak["tiled"], "target": "naive / tiled peak memory"}]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--json", action="store_true")
@@ -132,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
     devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
     for device in devices:
-        for part in (rmsnorm_rows, rope_rows, lora_rows, int8_rows, kv_cache_rows):
+        for part in (rmsnorm_rows, rope_rows, lora_rows, int8_rows, kv_cache_rows, flash_attention_memory_rows):
             try:
                 rows += part(device)
             except Exception as error:  # a library that does not support the device: say so, go on

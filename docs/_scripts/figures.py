@@ -301,6 +301,74 @@ def distributed(out: Path) -> None:
     collectives(out)
 
 
+# 09 ---------------------------------------------------------------------------------------------
+
+
+def gqa_cache_and_groups(out: Path) -> None:
+    ref = reference("09_attention")
+    # Llama-2-70B: 80 layers, 64 query heads of 128; 4096 tokens, batch 1, float16 (2 bytes): K and V.
+    layers, heads, head_dim, tokens = 80, 64, 128, 4096
+    mha_gib = 2 * layers * heads * head_dim * tokens * 2 / 2**30
+    kv_heads = [1, 2, 4, 8, 16, 32, 64]
+    gib = [mha_gib / ref.kv_cache_saving(heads, n) for n in kv_heads]
+    fig, (left, right) = new_figure(9.0, 3.4)
+    left.loglog(kv_heads, gib, "o-", color=BLUE, base=2)
+    for n, g, label in ((1, gib[0], "MQA"), (8, gib[3], "GQA-8 (the real model)"), (64, gib[-1], "MHA")):
+        left.annotate(f"{label}: {g:.2f} GiB", (n, g), textcoords="offset points", xytext=(-80 if n == 64 else 6, -12 if n == 64 else 4), fontsize=7)
+    left.set_xlabel("key/value heads (64 query heads)")
+    left.set_ylabel("KV cache, GiB (4096 tokens, fp16)")
+    left.set_title("Llama-2-70B's KV cache against\nthe number of key/value heads")
+    # Which kv head each of 8 query heads reads, as repeat_kv lays them out.
+    rows = []
+    for n in (8, 4, 2, 1):
+        ids = torch.arange(n, dtype=torch.float32).view(1, n, 1, 1)
+        rows.append(ref.repeat_kv(ids, 8 // n).flatten())  # (8,): the kv head of each query head
+    right.imshow(torch.stack(rows), cmap="tab10", vmin=-0.5, vmax=9.5, aspect="auto")
+    for r, n in enumerate((8, 4, 2, 1)):
+        for h in range(8):
+            right.text(h, r, f"{rows[r][h]:.0f}", ha="center", va="center", fontsize=8, color="white")
+    right.set_yticks(range(4), ["MHA (8 kv)", "GQA (4 kv)", "GQA (2 kv)", "MQA (1 kv)"], fontsize=8)
+    right.set_xticks(range(8), [f"q{h}" for h in range(8)], fontsize=8)
+    right.set_title("repeat_kv: the kv head each query head reads")
+    fig.savefig(out / "09_gqa_cache_and_groups.png")
+
+
+# 10 ---------------------------------------------------------------------------------------------
+
+
+def flash_attention_memory(out: Path) -> None:
+    ref = reference("10_flash_attention")
+    lengths = [256 * 2**i for i in range(10)]  # 256 .. 131072 tokens
+    sizes = [ref.attention_memory_bytes(n, 128, 64, 64) for n in lengths]  # float32, head_dim 128, blocks of 64
+    fig, (left, right) = new_figure(9.0, 3.4)
+    left.loglog(lengths, [naive / 2**20 for naive, _ in sizes], "o-", color=RED, label="naive: the whole score matrix", base=2)
+    left.loglog(lengths, [tiled / 2**20 for _, tiled in sizes], "o-", color=GREEN, label="tiled: one 64 x 64 tile + its state", base=2)
+    left.axhline(228 / 1024, color=GREY, ls=":", label="H100 shared memory per SM (228 KiB)")
+    left.set_xlabel("sequence length")
+    left.set_ylabel("MiB per (batch, head), fp32")
+    left.set_title("Scores held at once: quadratic against constant")
+    left.legend(fontsize=7)
+    # The online softmax on one query: the running output, normalised, after each block of 16 keys.
+    torch.manual_seed(0)
+    scores, v = torch.randn(1, 256) * 3, torch.randn(256, 1)
+    m, l, acc = torch.full((1,), float("-inf")), torch.zeros(1), torch.zeros(1, 1)
+    running, maxima = [], []
+    for start in range(0, 256, 16):
+        m, l, acc = ref.online_softmax_update(m, l, acc, scores[:, start:start + 16], v[start:start + 16])
+        running.append((acc / l[:, None]).item())
+        maxima.append(m.item())
+    exact = (scores.softmax(-1) @ v).item()
+    blocks = range(1, 17)
+    right.plot(blocks, running, "o-", color=BLUE, label="acc / l after each block")
+    right.axhline(exact, color=GREY, ls="--", label="softmax(scores) @ v")
+    twin = right.twinx()
+    twin.step(blocks, maxima, where="post", color=ORANGE, label="running max m")
+    twin.set_ylabel("running max m", color=ORANGE)
+    right.set_xlabel("blocks of 16 keys folded in")
+    right.set_ylabel("output of one query")
+    right.set_title("The online softmax: exact once\nthe last block is in")
+    right.legend(fontsize=7, loc="lower right")
+    fig.savefig(out / "10_flash_attention_memory.png")
 # 11 ---------------------------------------------------------------------------------------------
 
 
@@ -418,6 +486,8 @@ FIGURES = {
     "06_kv_cache": kv_cache_cost,
     "07_dpo_loss": dpo_loss_against_margin,
     "08_distributed_launch": distributed,
+    "09_attention": gqa_cache_and_groups,
+    "10_flash_attention": flash_attention_memory,
     "11_sampling": sampling_filters,
     "12_tiny_llama": tiny_llama_block,
 }
