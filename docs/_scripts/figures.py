@@ -301,6 +301,45 @@ def distributed(out: Path) -> None:
     collectives(out)
 
 
+# 13 ---------------------------------------------------------------------------------------------
+
+
+def nf4_levels_and_error(out: Path) -> None:
+    ref = reference("13_nf4")
+    code = ref.NF4_CODE.double()
+    sigma_of_last = float(torch.special.ndtri(torch.tensor(0.9677083, dtype=torch.float64)))  # where 1.0 sits, in units of sigma
+    z = torch.linspace(-2.6, 2.6, 400, dtype=torch.float64)
+    fig, (left, right) = new_figure()
+    left.plot(z, torch.exp(-z**2 / 2) / math.sqrt(2 * math.pi), color=GREY, label="N(0, 1) density")
+    for i, level in enumerate(code * sigma_of_last):
+        left.axvline(float(level), color=BLUE, lw=0.9, ls="-" if i != 7 else "--")
+    uniform = torch.linspace(-1, 1, 16, dtype=torch.float64) * sigma_of_last
+    left.plot(uniform, torch.full((16,), -0.02), "|", color=ORANGE, ms=8, label="16 uniform levels (int4)")
+    left.plot([], [], color=BLUE, lw=0.9, label="16 NF4 levels (NF4_CODE)")
+    left.set_xlabel("weight / sigma")
+    left.set_title("NF4 levels sit at normal quantiles:\ndense where the weights are")
+    left.legend(fontsize=7, loc="upper right")
+    torch.manual_seed(0)
+    w = torch.randn(256, 1024)
+    blocksizes = [32, 64, 128, 256, 1024, 4096]
+    nf4_err, int4_err = [], []
+    for bs in blocksizes:
+        packed, absmax = ref.quantize_nf4(w, bs)
+        restored = ref.dequantize_nf4(packed, absmax, tuple(w.shape), bs)
+        nf4_err.append(float((restored - w).pow(2).mean().sqrt()))
+        blocks = w.reshape(-1, bs)
+        a = blocks.abs().amax(1, keepdim=True)
+        int4 = (torch.round(blocks / a * 7).clamp(-7, 7) / 7 * a).reshape(w.shape)  # symmetric absmax int4
+        int4_err.append(float((int4 - w).pow(2).mean().sqrt()))
+    right.semilogx(blocksizes, int4_err, "o-", color=ORANGE, label="int4 (absmax, uniform levels)", base=2)
+    right.semilogx(blocksizes, nf4_err, "o-", color=BLUE, label="NF4 (quantize_nf4)", base=2)
+    right.set_xlabel("block size")
+    right.set_ylabel("RMS round-trip error (sigma = 1)")
+    right.set_title("Error on normal weights:\nNF4 below int4 at every block size")
+    right.legend(fontsize=7)
+    fig.savefig(out / "13_nf4_levels_and_error.png")
+
+
 FIGURES = {
     "01_rmsnorm": rmsnorm_vs_layernorm,
     "02_rope": rope_rotations,
@@ -310,6 +349,7 @@ FIGURES = {
     "06_kv_cache": kv_cache_cost,
     "07_dpo_loss": dpo_loss_against_margin,
     "08_distributed_launch": distributed,
+    "13_nf4": nf4_levels_and_error,
 }
 
 
