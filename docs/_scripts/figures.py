@@ -340,6 +340,52 @@ def nf4_levels_and_error(out: Path) -> None:
     fig.savefig(out / "13_nf4_levels_and_error.png")
 
 
+# 14 ---------------------------------------------------------------------------------------------
+
+
+def mixed_precision_ranges_and_scale(out: Path) -> None:
+    ref = reference("14_mixed_precision")
+    formats = [  # name, dtype, mantissa bits
+        ("float32", torch.float32, 23), ("tf32 (matmul inputs)", torch.float32, 10),
+        ("bfloat16", torch.bfloat16, 7), ("float16", torch.float16, 10),
+    ]
+    fig, (left, right) = new_figure(width=9.0)
+    for row, (name, dtype, mantissa) in enumerate(formats):
+        info = torch.finfo(dtype)
+        smallest_subnormal = math.log2(info.smallest_normal) - mantissa
+        low, high = math.log2(info.smallest_normal), math.log2(info.max)
+        left.barh(row, high - low, left=low, color=BLUE, height=0.5)
+        left.barh(row, low - smallest_subnormal, left=smallest_subnormal, color=BLUE, alpha=0.35, height=0.5)
+        left.text(high + 3, row, f"{mantissa} mantissa bits", va="center", fontsize=7)
+    left.axvspan(-40, -14, color=ORANGE, alpha=0.15, label="typical gradients\n(2**-40 .. 2**-14)")
+    left.set_yticks(range(len(formats)), [f[0] for f in formats], fontsize=8)
+    left.set_xlim(-160, 200)
+    left.set_xlabel("log2 of the magnitude (light: subnormals)")
+    left.set_title("Representable ranges: float16 is narrow,\nbfloat16 as wide as float32")
+    left.legend(fontsize=7, loc="upper right")
+    # A float16 run: true gradients of varying size, scaled, stored in float16; the reference scaler adapts.
+    torch.manual_seed(0)
+    scaler = ref.DynamicLossScaler(init_scale=2.0**16, growth_interval=100)
+    param = torch.nn.Parameter(torch.zeros(1, dtype=torch.float16))
+    optimizer = torch.optim.SGD([param], lr=0.0)
+    scales, overflows = [], []
+    for step in range(1500):
+        magnitude = 10 ** (torch.rand(()) * 2 - 3) * (30.0 if 600 <= step < 700 else 1.0)  # a rough patch at 600
+        param.grad = (magnitude * scaler.get_scale()).reshape(1).to(torch.float16)  # inf above 65504
+        if not bool(torch.isfinite(param.grad).all()):
+            overflows.append((step, math.log2(scaler.get_scale())))
+        scaler.step(optimizer)
+        scaler.update()
+        scales.append(math.log2(scaler.get_scale()))
+    right.plot(scales, color=BLUE, label="log2(scale)")
+    right.plot(*zip(*overflows), "x", color=RED, ms=4, label="overflow: step skipped, scale halved")
+    right.set_xlabel("step")
+    right.set_ylabel("log2 of the loss scale")
+    right.set_title("DynamicLossScaler over a float16 run\n(grows every 100 finite steps)")
+    right.legend(fontsize=7, loc="lower right")
+    fig.savefig(out / "14_mixed_precision_ranges_and_scale.png")
+
+
 FIGURES = {
     "01_rmsnorm": rmsnorm_vs_layernorm,
     "02_rope": rope_rotations,
@@ -350,6 +396,7 @@ FIGURES = {
     "07_dpo_loss": dpo_loss_against_margin,
     "08_distributed_launch": distributed,
     "13_nf4": nf4_levels_and_error,
+    "14_mixed_precision": mixed_precision_ranges_and_scale,
 }
 
 
