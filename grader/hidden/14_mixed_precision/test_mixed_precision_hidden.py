@@ -114,8 +114,21 @@ def test_scale_trajectory_on_device(impl, device):
 @pytest.mark.points(2)
 def test_growth_beyond_float32_is_skipped(impl):
     """A growth that would overflow float32 is skipped (the scale stays), as GradScaler does; the counter restarts."""
-    steps = [False] * 6
-    run_both(impl, torch.device("cpu"), steps, 2.0**124, 2.0**4, 0.5, 1)
+    kwargs = dict(init_scale=2.0**120, growth_factor=2.0**4, backoff_factor=0.5, growth_interval=1)
+    scaler, reference = impl.DynamicLossScaler(**kwargs), torch.amp.GradScaler("cpu", **kwargs)
+    for i, finite in enumerate([True, True, True, False, True, True, True]):
+        for s in (scaler, reference):  # small finite gradients (as if already scaled), or an inf
+            param = torch.nn.Parameter(torch.zeros(2))
+            s.scale(param.sum())  # GradScaler sets itself up on its first scale()
+            param.grad = torch.ones(2) if finite else torch.full((2,), float("inf"))
+            s.step(torch.optim.SGD([param], lr=0.0))
+            s.update()
+        got, expected = float(scaler.get_scale()), reference.get_scale()
+        assert math.isclose(got, expected, rel_tol=SCALE_RTOL), (
+            f"after step {i + 1} from a scale of 2**120 (growth 2**4 at every finite step): the scale is {got:.6g} "
+            f"(2**{math.log2(got) if got > 0 else float('nan'):.4g}), GradScaler's is {expected:.6g}. A growth whose result exceeds "
+            "torch.finfo(torch.float32).max (2**128 here) is not taken: the scale stays, the counter restarts"
+        )
 
 
 @pytest.mark.points(2)
