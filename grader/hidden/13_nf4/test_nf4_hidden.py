@@ -418,6 +418,7 @@ def test_qlora_output_equals_the_formula(impl, device, dtype):
 
 
 @pytest.mark.points(3)
+@pytest.mark.timeout(60)  # imports peft (and transformers with it) on first use: seconds on a busy machine
 def test_qlora_matches_peft_over_bitsandbytes_linear4bit(impl):
     """QLoRALinear equals peft's LoRA over a bitsandbytes Linear4bit (nf4, blocks of 64) with the same A and B, on CPU."""
     from peft import LoraConfig, get_peft_model

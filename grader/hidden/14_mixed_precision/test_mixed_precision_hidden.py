@@ -87,6 +87,7 @@ def run_both(impl, device, steps, init_scale, growth_factor, backoff_factor, gro
 
 
 @pytest.mark.points(6)
+@pytest.mark.timeout(60)  # 30 random sequences of up to 25 steps, each run twice (learner and GradScaler)
 @HYPOTHESIS
 @given(
     steps=st.lists(st.sampled_from([False, False, False, "inf", "nan"]), min_size=1, max_size=25),
@@ -287,6 +288,7 @@ def half_ulp(w, dtype):
 
 
 @pytest.mark.points(4)
+@pytest.mark.timeout(30)  # three 50-step training runs of a small MLP
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=str)
 def test_master_weights_track_a_float32_run(impl, device, dtype):
     """50 AdamW steps on a 16-bit model: within half a 16-bit step (+ a small drift) of the float32 run, far closer than pure 16-bit training."""
