@@ -475,6 +475,89 @@ def tiny_llama_block(out: Path) -> None:
     right.set_xlabel("parameters (millions)")
     right.set_title(f"Parameters of a Llama-3.2-1B-shaped TinyLlama\n{total:,} in all")
     fig.savefig(out / "12_tiny_llama_block.png")
+# 13 ---------------------------------------------------------------------------------------------
+
+
+def nf4_levels_and_error(out: Path) -> None:
+    ref = reference("13_nf4")
+    code = ref.NF4_CODE.double()
+    sigma_of_last = float(torch.special.ndtri(torch.tensor(0.9677083, dtype=torch.float64)))  # where 1.0 sits, in units of sigma
+    z = torch.linspace(-2.6, 2.6, 400, dtype=torch.float64)
+    fig, (left, right) = new_figure()
+    left.plot(z, torch.exp(-z**2 / 2) / math.sqrt(2 * math.pi), color=GREY, label="N(0, 1) density")
+    for i, level in enumerate(code * sigma_of_last):
+        left.axvline(float(level), color=BLUE, lw=0.9, ls="-" if i != 7 else "--")
+    uniform = torch.linspace(-1, 1, 16, dtype=torch.float64) * sigma_of_last
+    left.plot(uniform, torch.full((16,), -0.02), "|", color=ORANGE, ms=8, label="16 uniform levels (int4)")
+    left.plot([], [], color=BLUE, lw=0.9, label="16 NF4 levels (NF4_CODE)")
+    left.set_xlabel("weight / sigma")
+    left.set_title("NF4 levels sit at normal quantiles:\ndense where the weights are")
+    left.legend(fontsize=7, loc="upper right")
+    torch.manual_seed(0)
+    w = torch.randn(256, 1024)
+    blocksizes = [32, 64, 128, 256, 1024, 4096]
+    nf4_err, int4_err = [], []
+    for bs in blocksizes:
+        packed, absmax = ref.quantize_nf4(w, bs)
+        restored = ref.dequantize_nf4(packed, absmax, tuple(w.shape), bs)
+        nf4_err.append(float((restored - w).pow(2).mean().sqrt()))
+        blocks = w.reshape(-1, bs)
+        a = blocks.abs().amax(1, keepdim=True)
+        int4 = (torch.round(blocks / a * 7).clamp(-7, 7) / 7 * a).reshape(w.shape)  # symmetric absmax int4
+        int4_err.append(float((int4 - w).pow(2).mean().sqrt()))
+    right.semilogx(blocksizes, int4_err, "o-", color=ORANGE, label="int4 (absmax, uniform levels)", base=2)
+    right.semilogx(blocksizes, nf4_err, "o-", color=BLUE, label="NF4 (quantize_nf4)", base=2)
+    right.set_xlabel("block size")
+    right.set_ylabel("RMS round-trip error (sigma = 1)")
+    right.set_title("Error on normal weights:\nNF4 below int4 at every block size")
+    right.legend(fontsize=7)
+    fig.savefig(out / "13_nf4_levels_and_error.png")
+
+
+# 14 ---------------------------------------------------------------------------------------------
+
+
+def mixed_precision_ranges_and_scale(out: Path) -> None:
+    ref = reference("14_mixed_precision")
+    formats = [  # name, dtype, mantissa bits
+        ("float32", torch.float32, 23), ("tf32 (matmul inputs)", torch.float32, 10),
+        ("bfloat16", torch.bfloat16, 7), ("float16", torch.float16, 10),
+    ]
+    fig, (left, right) = new_figure(width=9.0)
+    for row, (name, dtype, mantissa) in enumerate(formats):
+        info = torch.finfo(dtype)
+        smallest_subnormal = math.log2(info.smallest_normal) - mantissa
+        low, high = math.log2(info.smallest_normal), math.log2(info.max)
+        left.barh(row, high - low, left=low, color=BLUE, height=0.5)
+        left.barh(row, low - smallest_subnormal, left=smallest_subnormal, color=BLUE, alpha=0.35, height=0.5)
+        left.text(high + 3, row, f"{mantissa} mantissa bits", va="center", fontsize=7)
+    left.axvspan(-40, -14, color=ORANGE, alpha=0.15, label="small gradients\n(2**-40 .. 2**-14)")
+    left.set_yticks(range(len(formats)), [f[0] for f in formats], fontsize=8)
+    left.set_xlim(-160, 200)
+    left.set_xlabel("log2 of the magnitude (light: subnormals)")
+    left.set_title("Representable ranges: float16 is narrow,\nbfloat16 as wide as float32")
+    left.legend(fontsize=7, loc="upper left")
+    # A float16 run: true gradients of varying size, scaled, stored in float16; the reference scaler adapts.
+    torch.manual_seed(0)
+    scaler = ref.DynamicLossScaler(init_scale=2.0**16, growth_interval=100)
+    param = torch.nn.Parameter(torch.zeros(1, dtype=torch.float16))
+    optimizer = torch.optim.SGD([param], lr=0.0)
+    scales, overflows = [], []
+    for step in range(1500):
+        magnitude = 10 ** (torch.rand(()) * 2 - 3) * (30.0 if 600 <= step < 700 else 1.0)  # a rough patch at 600
+        param.grad = (magnitude * scaler.get_scale()).reshape(1).to(torch.float16)  # inf above 65504
+        if not bool(torch.isfinite(param.grad).all()):
+            overflows.append((step, math.log2(scaler.get_scale())))
+        scaler.step(optimizer)
+        scaler.update()
+        scales.append(math.log2(scaler.get_scale()))
+    right.plot(scales, color=BLUE, label="log2(scale)")
+    right.plot(*zip(*overflows), "x", color=RED, ms=4, label="overflow: step skipped, scale halved")
+    right.set_xlabel("step")
+    right.set_ylabel("log2 of the loss scale")
+    right.set_title("DynamicLossScaler over a float16 run\n(grows every 100 finite steps)")
+    right.legend(fontsize=7, loc="lower right")
+    fig.savefig(out / "14_mixed_precision_ranges_and_scale.png")
 
 
 FIGURES = {
@@ -490,6 +573,8 @@ FIGURES = {
     "10_flash_attention": flash_attention_memory,
     "11_sampling": sampling_filters,
     "12_tiny_llama": tiny_llama_block,
+    "13_nf4": nf4_levels_and_error,
+    "14_mixed_precision": mixed_precision_ranges_and_scale,
 }
 
 
