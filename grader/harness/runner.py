@@ -73,7 +73,7 @@ class _Collector:
 
 
 @contextlib.contextmanager
-def _older_objects_frozen():
+def older_objects_frozen():
     """Keep the objects that exist before a run out of the garbage collector's sight while it runs.
 
     pytest calls `gc.collect()` as each session ends (to report exceptions raised in finalizers). After
@@ -100,6 +100,6 @@ def run_suite(
     collector = _Collector()
     args = [*map(str, paths), "--impl", str(impl), "-p", "no:cacheprovider", "--tb=short", *extra_args]
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer) if quiet else contextlib.nullcontext(), _older_objects_frozen():
+    with contextlib.redirect_stdout(buffer) if quiet else contextlib.nullcontext(), older_objects_frozen():
         exit_code = pytest.main(args, plugins=[collector])
     return SuiteResult(int(exit_code), list(collector.results.values()), buffer.getvalue())
