@@ -100,9 +100,10 @@ def grade_on_cluster(address: str, todo: list[Submission], expected: list[Expect
     run = secrets.token_hex(4)  # two judges grading a learner of the same id on one cluster share no task
     with Client(address, set_as_default=False) as client:
         futures = [
-            # pure=False: grading the same submission again is a new task (a regrade after --force)
+            # a key per run, never a hash of the arguments: a regrade (--force) is a new task, not a cached result;
+            # retries=1: a worker lost mid-task (machine gone) costs one more try elsewhere
             client.submit(grade_task, submission, expected, options, fingerprint, key=f"llmlab-grade-{submission.learner}-{run}",
-                          pure=False, retries=1)
+                          retries=1)
             for submission in todo
         ]
         try:
