@@ -133,7 +133,7 @@ def grading(repeats: int, modules) -> list[dict]:
                      "ratio": seconds / torch_s, "target": target})
     rows.append({"what": "all hidden suites in one `pytest` run", "seconds": direct, "ratio": direct / torch_s, "target": ""})
     ok = isolated < GRADE_SECONDS and isolated / torch_s <= GRADE_OVER_TORCH
-    rows.append({"what": f"`llmlab grade --jobs 1`, one full submission ({len(modules)} modules)", "seconds": isolated,
+    rows.append({"what": f"`llmlab grade --jobs 1`, one full submission ({len(modules)} module{'s' if len(modules) > 1 else ''})", "seconds": isolated,
                  "ratio": isolated / torch_s,
                  "target": verdict(ok, f"< {GRADE_SECONDS:g} s and <= {GRADE_OVER_TORCH:g}x import torch")
                  + f"; {isolated / direct:.2f}x the plain pytest run"})
