@@ -55,8 +55,8 @@ def local_cluster():
 def test_a_class_graded_on_a_cluster_gets_the_grades_of_a_local_run(small_class, local_cluster, tmp_path):
     """The same class, seed and limits: the cluster's gradebook equals the local one, test by test."""
     modules = [MODULE]
-    here = grade_class(small_class, Options(out=tmp_path / "local", modules=modules, timeout=4, memory_mb=512, seed=1234),
-                       progress=False)
+    here = grade_class(small_class, Options(out=tmp_path / "local", modules=modules, jobs=2, timeout=4, memory_mb=512,
+                                            seed=1234), progress=False)
     there = grade_class(small_class, Options(out=tmp_path / "cluster", modules=modules, timeout=4, memory_mb=512, seed=1234,
                                              scheduler=local_cluster.scheduler_address), progress=False)
     assert [r.learner for r in there] == [r.learner for r in here] == ["alice", "bob", "carol"]
