@@ -74,7 +74,7 @@ def _grade(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     options = Options(out=out, modules=modules, jobs=args.jobs, timeout=args.timeout, memory_mb=args.memory,
-                      force=args.force, seed=class_seed(out, args.seed))
+                      force=args.force, seed=class_seed(out, args.seed), scheduler=args.scheduler or "")
     records = grade_class(Path(args.path), options, progress=not args.quiet)
     print(summary_table(records, modules))
     print(f"\nwrote {out}/gradebook.csv, {out}/grades.json and {out}/<learner>/{{results.json,feedback.md}}")
@@ -136,6 +136,8 @@ def build_parser() -> argparse.ArgumentParser:
     grade.add_argument("--force", action="store_true", help="grade again learners already graded in --out")
     grade.add_argument("--seed", type=int, default=None, help="base seed of the hidden inputs (default: a secret one kept in OUT/.seed)")
     grade.add_argument("--quiet", action="store_true", help="no progress bar")
+    grade.add_argument("--scheduler", metavar="ADDRESS", default=None,
+                       help="grade on a Dask cluster (e.g. tcp://10.0.0.5:8786), one task per submission; needs the `cluster` extra")
     grade.set_defaults(run=_grade)
 
     scope = commands.add_parser("gradescope", help="the Gradescope autograder bundle (instructors)")

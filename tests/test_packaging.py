@@ -17,7 +17,7 @@ from pathlib import Path
 from grader.harness.course import REPO_ROOT
 
 # grader files that belong to an extra, and the extra that must provide what they import
-EXTRA_OF = {"grader/publish/nbgrader_course.py": "nbgrader"}
+EXTRA_OF = {"grader/publish/nbgrader_course.py": "nbgrader", "grader/judge/cluster.py": "cluster"}
 
 
 def _name(requirement: str) -> str:

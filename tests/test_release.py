@@ -169,7 +169,20 @@ def test_cli_release_refuses_a_non_empty_folder(tmp_path):
         main(["release", str(tmp_path)])
 
 
-def test_cli_release_with_zip(tmp_path, capsys):
+@pytest.fixture
+def figures_drawn_once(handout, monkeypatch):
+    """A second release in the session copies the figures the `handout` fixture drew (the release's slowest
+    step: the references run to draw them) instead of drawing them again; build_handout's figures stay real."""
+    from grader.publish import release
+
+    def copy_figures(root: Path, target: Path) -> list[str]:
+        shutil.copytree(handout / "docs" / "figures", target, dirs_exist_ok=True)
+        return []
+
+    monkeypatch.setattr(release, "draw_figures", copy_figures)
+
+
+def test_cli_release_with_zip(tmp_path, capsys, figures_drawn_once):
     """`llmlab release OUT --zip` writes the folder and OUT.zip."""
     from grader.cli import main
 

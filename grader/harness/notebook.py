@@ -171,9 +171,11 @@ def pytest_main(args: list[str], collector) -> int:
     import pytest
 
     from grader.harness.loader import clear_cache
+    from grader.harness.runner import older_objects_frozen
 
     clear_cache()
-    return pytest.main(args, plugins=[collector])
+    with older_objects_frozen():  # a cell's pytest session ends with gc.collect(): skip the kernel's torch heap
+        return pytest.main(args, plugins=[collector])
 
 
 def load_ipython_extension(ipython) -> None:

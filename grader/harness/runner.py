@@ -6,6 +6,7 @@ In-process runs pay for `import torch` and the libraries once, however many suit
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -71,6 +72,26 @@ class _Collector:
             self.results[report.nodeid] = TestResult(report.nodeid, "error", None, report.longreprtext)
 
 
+@contextlib.contextmanager
+def older_objects_frozen():
+    """Keep the objects that exist before a run out of the garbage collector's sight while it runs.
+
+    pytest calls `gc.collect()` as each session ends (to report exceptions raised in finalizers). After
+    torch and transformers are imported, a full collection walks millions of objects: seconds per session,
+    paid again by every mutant the meta-suite runs. Frozen, the older objects are skipped and the session's
+    own garbage is still collected; unfrozen afterwards, they are collected as usual later. Left alone when
+    the caller has frozen objects itself (its freeze is not ours to undo).
+    """
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
+
+
 def run_suite(
     paths: Sequence[str | Path], impl: str | Path, extra_args: Sequence[str] = (), quiet: bool = True
 ) -> SuiteResult:
@@ -79,6 +100,6 @@ def run_suite(
     collector = _Collector()
     args = [*map(str, paths), "--impl", str(impl), "-p", "no:cacheprovider", "--tb=short", *extra_args]
     buffer = io.StringIO()
-    with contextlib.redirect_stdout(buffer) if quiet else contextlib.nullcontext():
+    with contextlib.redirect_stdout(buffer) if quiet else contextlib.nullcontext(), older_objects_frozen():
         exit_code = pytest.main(args, plugins=[collector])
     return SuiteResult(int(exit_code), list(collector.results.values()), buffer.getvalue())

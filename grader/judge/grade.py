@@ -134,6 +134,7 @@ class Options:
     seed: int = 0
     isolation: Isolation | None = None
     startup_s: float = 300.0  # a worker that collects nothing for this long is stopped
+    scheduler: str = ""  # a Dask scheduler's address: grade there, one task per submission (grader/judge/cluster.py)
 
 
 def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None, options: Options) -> str:
@@ -359,6 +360,13 @@ def grade_class(path: Path, options: Options, progress: bool = True, stream=None
     slots = _Slots(max(1, options.jobs))
     lock = threading.Lock()
 
+    def finish(record: Record) -> None:
+        with lock:
+            write_learner(out, record)
+            records[record.learner] = record
+            write_class(out, [records[k] for k in sorted(records)], options.modules)
+        bar.learner_done(record.learner, f"{record.total:g}/{record.max_total:g} in {record.seconds:.1f}s", len(expected))
+
     def one(submission: Submission) -> None:
         slot = slots.free.get()
         try:
@@ -366,15 +374,20 @@ def grade_class(path: Path, options: Options, progress: bool = True, stream=None
             record = grade_submission(submission, expected, options, uid, bar.test_done)
         finally:
             slots.free.put(slot)
-        with lock:
-            write_learner(out, record)
-            records[record.learner] = record
-            write_class(out, [records[k] for k in sorted(records)], options.modules)
-        bar.learner_done(record.learner, f"{record.total:g}/{record.max_total:g} in {record.seconds:.1f}s", len(expected))
+        finish(record)
 
-    with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
-        for future in [pool.submit(one, s) for s in todo]:
-            future.result()
+    if options.scheduler:  # the judge still writes everything; only the grading runs on the cluster's workers
+        from grader.judge.cluster import grade_on_cluster
+
+        def remote_done(record: Record) -> None:
+            bar.test_done(len(expected))
+            finish(record)
+
+        grade_on_cluster(options.scheduler, todo, expected, options, remote_done)
+    else:
+        with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
+            for future in [pool.submit(one, s) for s in todo]:
+                future.result()
     final = [records[learner] for learner, _ in found if learner in records]
     write_class(out, final, options.modules)
     return final
