@@ -13,7 +13,9 @@ What comes back is *evidence*, not a verdict: the judge (grader/judge/grade.py) 
 tests it collected itself, one per test, takes points from its own collection, and treats a missing
 result as a failure. A child that forges its own "passed" line can still lie about its own test: that
 residual risk is why the judge also audits the source (grader/judge/audit.py) and why the child checks, after
-the test, that the grader's functions it depends on were not swapped while the learner's code ran.
+the test, that nothing a verdict depends on changed while the learner's code ran (grader/judge/integrity.py),
+and sends its result with functions bound when this file was imported, before any learner code existed.
+The filesystem, pid and network isolation around the worker is bubblewrap's (grader/judge/sandbox.py).
 """
 
 from __future__ import annotations
@@ -30,90 +32,23 @@ import time
 import traceback
 from pathlib import Path
 
-MAX_TEXT = 600  # characters of an exception's text that travel back (no bulk data in feedback)
+MAX_TEXT = 600  # characters of any text from a submission that travel back (no bulk data in feedback)
 MAX_LINE = 64 * 1024  # bytes a child may send back
+
+# Bound now, before any learner code exists: a test process sends its result with these, never with
+# `json.dumps` or `os.write` as they are after the test (a learner may have replaced those).
+_WRITE = os.write
+_EXIT = os._exit
+_ESCAPE = getattr(json.encoder, "c_encode_basestring_ascii", None) or json.encoder.py_encode_basestring_ascii
+_STR = str.__str__  # an exact str of a str or str subclass
+_INT_REPR = int.__repr__
+_FLOAT_REPR = float.__repr__
+_TYPE = type
+_LEN = len
 
 
 # --------------------------------------------------------------------------------------------------
 # Run in the zygote, before anything learner-controlled exists
-
-
-def _hide_paths(paths: list[str]) -> list[str]:
-    """Mount an empty, unreadable tmpfs over each path (we are root in a private mount namespace)."""
-    import subprocess
-
-    hidden = []
-    for path in paths:
-        if os.path.isdir(path):
-            done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k,mode=000", "llmlab-hidden", path], capture_output=True)
-            if done.returncode == 0:
-                hidden.append(path)
-    return hidden
-
-
-SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
-
-
-def _libc_mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> bool:
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    encode = lambda v: None if v is None else v.encode()  # noqa: E731
-    return libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)) == 0
-
-
-def _cover(folder: str, mode: str, keep: list[str]) -> bool:
-    """Mount an empty tmpfs (of `mode`) over `folder`, then bind back the kept paths inside it."""
-    ms_bind, ms_rec = 4096, 16384
-    inside = [k for k in keep if k == folder or k.startswith(folder.rstrip("/") + "/")]
-    tops = [k for k in inside if not any(k != o and k.startswith(o.rstrip("/") + "/") for o in inside)]
-    fds = {k: os.open(k, os.O_RDONLY | os.O_DIRECTORY) for k in tops}  # reachable after the cover only by fd
-    try:
-        if not _libc_mount("llmlab-tmp", folder, "tmpfs", 0, f"size=256m,mode={mode}"):
-            return False
-        for path, fd in fds.items():
-            os.makedirs(path, exist_ok=True)
-            if not _libc_mount(f"/proc/self/fd/{fd}", path, None, ms_bind | ms_rec, None):
-                raise RuntimeError(f"could not bind {path} back after covering {folder}")
-        return True
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-
-
-def _private_folders(keep: list[str]) -> list[str]:
-    """Give the namespace its own empty /tmp, /var/tmp, /dev/shm, /run/lock, so that nothing the learner's
-    code writes there reaches the host, and open the folders a private uid could not enter (/root, mode
-    700, holding a pyenv Python) as empty ones. What the worker needs from under them is bound back in
-    place: the sandbox folder (often under /tmp), the Python environment and the course (a CI checkout or
-    a virtual environment may well live under /tmp or /root)."""
-    from grader.judge.sandbox import closed_folders
-
-    wanted = sorted({os.path.realpath(k) for k in keep if k and os.path.isdir(k)} - set(SHARED_WRITABLE))
-    done = []
-    for folder in SHARED_WRITABLE:
-        if os.path.isdir(folder) and not os.path.islink(folder) and _cover(folder, "1777", wanted):
-            done.append(folder)
-    for folder in closed_folders(wanted):
-        if _cover(folder, "755", wanted):
-            done.append(folder)
-    return done
-
-
-def _loopback_up() -> None:
-    """A fresh network namespace has its loopback down; local tests (torch.distributed) need it up."""
-    import fcntl
-    import socket
-    import struct
-
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            ifreq = struct.pack("16sH", b"lo", 0)
-            flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, ifreq)[:18])[1]  # SIOCGIFFLAGS
-            fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 0x1))  # SIOCSIFFLAGS, IFF_UP
-    except OSError:
-        pass
 
 
 def _vm_size() -> int:
@@ -133,26 +68,33 @@ def _count_processes_of(uid: int) -> int:
     return count
 
 
-def _fingerprint(modules: list) -> dict[str, int]:
-    """Identities of what the verdict depends on: the grader's functions, pytest's runner, builtins."""
-    import builtins
+def _encode(message: dict) -> bytes:
+    """One JSON line of a flat dict of str, int, float, bool and None, with the functions bound at import."""
+    parts = []
+    for key, value in message.items():
+        kind = _TYPE(value)
+        if value is None or kind is bool:
+            text = "null" if value is None else "true" if value else "false"
+        elif kind is int:
+            text = _INT_REPR(value)
+        elif kind is float:
+            text = _FLOAT_REPR(value) if value == value and value not in (float("inf"), float("-inf")) else "null"
+        else:
+            try:
+                text = _ESCAPE(_STR(value))
+            except TypeError:  # not a str: nothing the grader sends
+                text = '""'
+        parts.append(_ESCAPE(_STR(key)) + ": " + text)
+    return ("{" + ", ".join(parts) + "}\n").encode()
 
-    import _pytest.python
-    import _pytest.runner
 
-    marks: dict[str, int] = {}
-    for module in modules:
-        for name, value in list(vars(module).items()):
-            marks[f"{module.__name__}.{name}"] = id(value)
-            code = getattr(value, "__code__", None)
-            if code is not None:
-                marks[f"{module.__name__}.{name}.__code__"] = id(code)
-    for name in ("runtest", "setup", "_getobj"):
-        marks[f"Function.{name}"] = id(getattr(_pytest.python.Function, name, None))
-    for name, value in vars(builtins).items():
-        marks[f"builtins.{name}"] = id(value)
-    marks["AssertionError"] = id(AssertionError)
-    return marks
+def _cut(text) -> str:
+    """A text from a submission (an exception's message, a stub's name), at most MAX_TEXT characters."""
+    try:
+        text = _STR(text)
+    except TypeError:
+        return ""
+    return text if _LEN(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"
 
 
 class Zygote:
@@ -188,12 +130,11 @@ class Zygote:
         for item in session.items:
             module = course_module_of(item.path)
             groups.setdefault(module.name if module else "", []).append(item)
-        import importlib
+        from grader.judge.integrity import Snapshot
 
-        watched = [importlib.import_module(name) for name in ("grader.harness.checks", "grader.harness.plugin", "grader.harness.loader", "grader.harness.errors")]
-        watched += sorted({item.module for item in session.items}, key=lambda m: m.__name__)
-        self.baseline = _fingerprint(watched)
-        self.watched = watched
+        grader_modules = [m for name, m in sorted(sys.modules.items()) if name == "grader" or name.startswith("grader.")]
+        suites = sorted({item.module for item in session.items}, key=lambda m: m.__name__)
+        self.snapshot = Snapshot(grader_modules, suites, session.config.pluginmanager)
         if not self.can_setuid:
             self.nproc = _count_processes_of(os.getuid()) + 64
         # A pre-fork server's trick: move every object loaded so far (torch, transformers, the suites) out
@@ -218,7 +159,8 @@ class Zygote:
         timeout = self.timeout if timeout is None else timeout
         read_end, write_end = os.pipe()
         nonce = secrets.token_hex(16)
-        baseline, watched = self.baseline, self.watched
+        guarded, encode, write, exit_ = _guarded, _encode, _WRITE, _EXIT  # bound before the learner's code runs
+        snapshot = self.snapshot
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:  # the child: never returns
@@ -226,11 +168,10 @@ class Zygote:
                 os.close(read_end)
                 os.close(self.result_fd)
                 self._enter_child(timeout)
-                result = _guarded(body, baseline, watched)
-                data = (json.dumps({"nonce": nonce, "label": label, **result}) + "\n").encode()[:MAX_LINE]
-                os.write(write_end, data)
+                result = guarded(body, snapshot)
+                write(write_end, encode({"nonce": nonce, "label": label, **result})[:MAX_LINE])
             finally:
-                os._exit(0)
+                exit_(0)
         os.close(write_end)
         result = self._read_child(read_end, pid, nonce, label, start, timeout)
         result["duration"] = round(time.monotonic() - start, 3)
@@ -241,7 +182,6 @@ class Zygote:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        os.chdir(self.work)
         limit = _vm_size() + self.memory
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         cpu = int(timeout) + 2
@@ -256,6 +196,7 @@ class Zygote:
             os.setuid(self.uid)
         else:
             resource.setrlimit(resource.RLIMIT_NPROC, (self.nproc, self.nproc))
+        os.chdir(self.work)  # after setuid: the folder is the learner's uid's (the worker keeps no DAC override)
 
     def _read_child(self, fd: int, pid: int, nonce: str, label: str, start: float, timeout: float) -> dict:
         buffer = b""
@@ -277,15 +218,18 @@ class Zygote:
         status = self._reap(pid)
         if timed_out:
             return {"outcome": "error", "kind": "timeout", "text": f"stopped after {timeout:g} s"}
+        line, _, rest = buffer.partition(b"\n")
         try:
-            message = json.loads(buffer.split(b"\n", 1)[0])
-            if message.pop("nonce", None) != nonce or message.pop("label", None) != label:
+            message = json.loads(line)
+            if not isinstance(message, dict) or message.pop("nonce", None) != nonce or message.pop("label", None) != label:
                 raise ValueError
-            return message
         except ValueError:
-            if buffer.strip():  # something else wrote on the child's result pipe: the learner's code
-                return {"outcome": "error", "kind": "tamper", "text": "a result the grader's test process did not write"}
-            return {"outcome": "error", "kind": "exited", "text": _describe_status(status)}
+            message = None
+        if message is not None and not rest.strip():
+            return message
+        if buffer.strip():  # the learner's code wrote on the child's result pipe (the test process writes one line)
+            return {"outcome": "error", "kind": "forged", "text": "lines on the test's result channel that the grader did not write"}
+        return {"outcome": "error", "kind": "exited", "text": _describe_status(status)}
 
     def _reap(self, pid: int) -> int:
         """Kill what is left of the child's process group (and, under a private uid, all its processes)."""
@@ -351,16 +295,19 @@ def normal_id(item) -> str:
     return item.nodeid
 
 
-def _guarded(body, baseline: dict, watched: list) -> dict:
+def _guarded(body, snapshot) -> dict:
+    """Run `body`; a passing result stands only if nothing the verdict depends on changed meanwhile."""
     try:
         result = body()
     except BaseException as error:  # noqa: BLE001 - anything the learner's code throws at us
         result = {"outcome": "error", "kind": "exception", "text": _short(error)}
     if result.get("outcome") == "passed":
-        now = _fingerprint(watched)
-        changed = sorted(k for k, v in baseline.items() if now.get(k) != v)
+        try:
+            changed = snapshot.changed()
+        except BaseException as error:  # noqa: BLE001 - the check itself broken by the learner's code
+            changed = [f"the integrity check failed: {type(error).__name__}"]
         if changed:
-            return {"outcome": "error", "kind": "tamper", "text": ", ".join(changed[:5])}
+            return {"outcome": "error", "kind": "tamper", "text": _cut(", ".join(changed[:5]))}
     return result
 
 
@@ -369,7 +316,7 @@ def _short(error: BaseException) -> str:
         text = f"{type(error).__name__}: {error}"
     except BaseException:  # noqa: BLE001 - a __str__ that raises
         text = type(error).__name__
-    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"
+    return _cut(text)
 
 
 def _learner_line(error: BaseException, impl_dir: str) -> int | None:
@@ -383,19 +330,19 @@ def _classify(error: BaseException, impl_dir: str) -> dict:
     from grader.harness.errors import ImplementationLoadError, NotImplementedYet
 
     if isinstance(error, NotImplementedYet):
-        return {"kind": "todo", "text": error.name}
+        return {"kind": "todo", "text": _cut(error.name)}
     if isinstance(error, ImplementationLoadError):
-        return {"kind": "load", "text": str(error)[:MAX_TEXT]}
+        return {"kind": "load", "text": _cut(str(error))}
     if isinstance(error, Skipped):
-        return {"kind": "skipped", "text": str(error)[:MAX_TEXT]}
+        return {"kind": "skipped", "text": _cut(str(error))}
     if isinstance(error, (AssertionError, Failed)):
         # --assert=plain: the text is the test's own message (grader.harness.checks writes teaching ones),
         # never an explanation rebuilt from the hidden test's source
-        return {"kind": "assertion", "text": str(error)[:MAX_TEXT * 2], "line": _learner_line(error, impl_dir)}
+        return {"kind": "assertion", "text": _cut(str(error)), "line": _learner_line(error, impl_dir)}
     if isinstance(error, MemoryError):
         return {"kind": "memory", "text": _short(error), "line": _learner_line(error, impl_dir)}
     if isinstance(error, SystemExit):
-        return {"kind": "exit", "text": f"exit({error.code!r})"[:MAX_TEXT]}
+        return {"kind": "exit", "text": _cut(f"exit({error.code!r})")}
     return {"kind": "exception", "text": _short(error), "line": _learner_line(error, impl_dir)}
 
 
@@ -441,7 +388,7 @@ def _probe_load(config, module) -> dict:
     try:
         load_implementation(impl_root(config), module)
     except ImplementationLoadError as error:
-        return {"outcome": "error", "kind": "load", "text": str(error)[:MAX_TEXT]}
+        return {"outcome": "error", "kind": "load", "text": _cut(str(error))}
     return {"outcome": "passed"}
 
 
@@ -453,18 +400,11 @@ def main() -> int:
     sys.stdin.close()
     result_fd = int(config["result_fd"])
     os.set_inheritable(result_fd, False)
-    hidden = []
-    if config.get("mount_ns"):
-        from grader.judge.sandbox import runtime_paths
-
-        hidden = _private_folders([config["root"], *runtime_paths()]) + _hide_paths(config.get("hide", []))
-    if config.get("net_ns"):
-        _loopback_up()
     import torch  # noqa: F401 - import the heavy libraries once, before forking
 
     torch.set_num_threads(1)
     zygote = Zygote(config, result_fd)
-    zygote.send({"type": "start", "hidden": hidden})
+    zygote.send({"type": "start"})
     import pytest
 
     args = [

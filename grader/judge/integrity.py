@@ -1,0 +1,184 @@
+"""Integrity of everything between a learner's output and the verdict, checked in each test process.
+
+The worker takes a `Snapshot` after importing torch, pytest and the hidden suites and before any learner
+code exists; each test process verifies it after its test and before it sends its result. It records:
+
+- the identity of every attribute of the modules a verdict goes through (torch and its C function tables,
+  `torch.Tensor`'s and `torch.nn.Module`'s methods, `math`, `builtins`, `json`, `pickle`, `os`, pytest's
+  runner and pluggy, the grader's own modules and the hidden suites), of the methods of every class
+  those grader modules and suites name (a transformers oracle such as `LlamaRMSNorm` included), and the
+  code, defaults and closures of their functions;
+- the *contents* of the grader's tables (the tolerances: a table edited in place keeps its identity);
+- torch's global state a comparison depends on: no torch function or dispatch mode active, torch
+  function handling on, the thread-local dispatch key sets, Python kernels registered with torch.library;
+- pytest's registered plugins and the implementations of every hook.
+
+A difference means the learner's code changed how the test judges it: the test gets no points and the
+submission is flagged (kind "tamper"). Additions are allowed (a lazy import adds attributes). What this
+cannot see is the residual risk the README names: code that reads the interpreter's memory (frames, gc)
+to find an expected value, or that patches something and puts it back before the check.
+"""
+
+from __future__ import annotations
+
+import operator
+import sys
+import types
+
+# Modules whose attributes a verdict goes through, besides the grader's own and the hidden suites.
+WATCHED = (
+    "builtins", "math", "operator", "functools", "json", "json.encoder", "json.decoder", "pickle", "copyreg", "os",
+    "posix", "struct", "traceback",
+    "torch", "torch._C", "torch._C._nn", "torch._C._linalg", "torch._C._special", "torch._C._fft", "torch._tensor",
+    "torch.nn", "torch.nn.functional", "torch.nn.modules.module", "torch.nn.parameter", "torch.linalg",
+    "torch.testing", "torch.overrides", "torch.autograd", "torch.random", "torch.functional", "torch.library",
+    "_pytest.runner", "_pytest.python", "_pytest.main", "_pytest.outcomes", "_pytest.fixtures", "_pytest.reports",
+    "_pytest.nodes", "_pytest.config", "_pytest.tmpdir", "_pytest.monkeypatch", "pytest",
+    "pluggy", "pluggy._hooks", "pluggy._callers", "pluggy._manager", "pluggy._result",
+)
+# Attributes that change identity legitimately while a test runs.
+VOLATILE = {"os.environ", "sys.modules", "builtins._", "torch.library._impls", "_pytest.fixtures.FixtureDef.cached_result"}
+# Grader modules whose containers may grow legitimately (the loader's cache of loaded files).
+GROWING = ("grader.harness.loader",)
+
+
+def _plain_tables(value, depth: int = 3):
+    """The contents of a table of numbers, strings and frozen records, as a comparable value (None: not a table)."""
+    if isinstance(value, (bool, int, float, str, bytes, type(None))):
+        return value
+    if depth == 0:
+        return None
+    if isinstance(value, dict):
+        items = [(repr(k), _plain_tables(v, depth - 1)) for k, v in value.items()]
+        return ("dict", tuple(sorted(items)))
+    if isinstance(value, (list, tuple, set, frozenset)):
+        inner = [_plain_tables(v, depth - 1) for v in value]
+        return (type(value).__name__, tuple(sorted(inner, key=repr)) if isinstance(value, (set, frozenset)) else tuple(inner))
+    fields = getattr(value, "__dataclass_fields__", None)
+    if fields is not None:
+        return (type(value).__name__, tuple((name, _plain_tables(getattr(value, name, None), depth - 1)) for name in fields))
+    return ("id", id(value))
+
+
+_MISSING = object()
+
+
+def _attributes(owner):
+    if isinstance(owner, (types.ModuleType, type)):
+        return vars(owner)
+    return vars(type(owner))  # torch._C._VariableFunctions: an object whose class holds the table
+
+
+def _shadows(klass: type, name: str) -> bool:
+    """`name`, newly set on `klass`, replaces a dunder or what a base class defines."""
+    return (name.startswith("__") and name.endswith("__")) or any(name in vars(base) for base in klass.__mro__[1:])
+
+
+def _function_of(value):
+    """The Python function behind an attribute (a method, classmethod, staticmethod), or None."""
+    if isinstance(value, (classmethod, staticmethod, types.MethodType)):
+        value = value.__func__
+    return value if isinstance(value, types.FunctionType) else None
+
+
+_function_parts = operator.attrgetter("__code__", "__defaults__", "__kwdefaults__", "__closure__")  # what a function runs
+_property_parts = operator.attrgetter("fget", "fset", "fdel")
+
+
+def _torch_state() -> dict:
+    import torch
+
+    state = {
+        "torch function modes active": torch._C._len_torch_function_stack(),
+        "torch dispatch modes active": torch._C._len_torch_dispatch_stack(),
+        "torch function handling on": torch._C._is_torch_function_enabled(),
+        "dispatch keys included": repr(torch._C._dispatch_tls_local_include_set()),
+        "dispatch keys excluded": repr(torch._C._dispatch_tls_local_exclude_set()),
+        "grad mode": torch.is_grad_enabled(),
+        "default dtype": repr(torch.get_default_dtype()),
+    }
+    impls = getattr(torch.library, "_impls", None)
+    if impls is not None:
+        state["Python kernels registered with torch.library"] = tuple(sorted(impls))
+    return state
+
+
+class Snapshot:
+    """What a verdict depends on, taken before any learner code ran (see the module's docstring)."""
+
+    def __init__(self, grader_modules: list, suite_modules: list, pluginmanager=None) -> None:
+        import torch
+
+        self.pluginmanager = pluginmanager
+        owners = {name: sys.modules[name] for name in WATCHED if name in sys.modules}
+        owners.update({m.__name__: m for m in (*grader_modules, *suite_modules)})
+        owners["torch._C._VariableFunctions"] = torch._C._VariableFunctions
+        classes = {"torch.Tensor": torch.Tensor, "torch._C.TensorBase": torch._C.TensorBase,
+                   "torch.nn.Module": torch.nn.Module, "torch.nn.Parameter": torch.nn.Parameter}
+        for module in (*grader_modules, *suite_modules):  # every class the grader and the suites use: the oracles too
+            for name, value in vars(module).items():
+                if isinstance(value, type) and not value.__module__.startswith("builtins"):
+                    for klass in value.__mro__[:-1]:
+                        classes.setdefault(f"{klass.__module__}.{klass.__qualname__}", klass)
+        for module in owners.values():  # and the classes defined in the watched modules themselves
+            if isinstance(module, types.ModuleType):
+                for name, value in vars(module).items():
+                    if isinstance(value, type) and value.__module__ == module.__name__:
+                        classes.setdefault(f"{module.__name__}.{value.__qualname__}", value)
+        self.owners = {**owners, **classes}
+        self.modules = {name: module for name, module in owners.items() if isinstance(module, types.ModuleType)}
+        self.tables = {m.__name__: m for m in grader_modules if m.__name__ not in GROWING}
+        # one row per owner: its attribute names and their identities, compared as tuples (fast: a test
+        # process verifies some 30,000 attributes in a few milliseconds)
+        self.rows = []
+        functions, properties = [], []
+        for owner_name, owner in self.owners.items():
+            attributes = _attributes(owner)
+            names = tuple(n for n in attributes if f"{owner_name}.{n}" not in VOLATILE)
+            self.rows.append((owner_name, owner, tuple(attributes), tuple(map(id, attributes.values())), names))
+            for name in names:
+                value = attributes[name]
+                function = _function_of(value)
+                if function is not None:
+                    functions.append((f"{owner_name}.{name}", function))
+                elif isinstance(value, property):
+                    properties.append((f"{owner_name}.{name}", value))
+        self.functions = [(names_, objects, list(map(parts, objects))) for names_, objects, parts in (
+            (tuple(n for n, _ in functions), tuple(f for _, f in functions), _function_parts),
+            (tuple(n for n, _ in properties), tuple(f for _, f in properties), _property_parts))]
+        self.state = self._state()
+
+    def _state(self) -> dict:
+        """What is compared by value: the grader's tables, torch's global state, pytest's plugins and hooks."""
+        state: dict = {}
+        for module_name, module in self.tables.items():
+            for name, value in vars(module).items():
+                if isinstance(value, (dict, list, set, tuple)) or hasattr(value, "__dataclass_fields__"):
+                    state[f"{module_name}.{name} (contents)"] = _plain_tables(value)
+        state.update(_torch_state())
+        if self.pluginmanager is not None:
+            manager = self.pluginmanager
+            state["pytest's plugins"] = tuple(sorted(id(p) for p in manager.get_plugins()))
+            for name, caller in vars(manager.hook).items():
+                if hasattr(caller, "get_hookimpls"):
+                    state[f"pytest hook {name}"] = tuple(id(impl.function) for impl in caller.get_hookimpls())
+        return state
+
+    def changed(self) -> list[str]:
+        """What differs from the snapshot now, in a stable order (empty: nothing)."""
+        found = [name for name, module in self.modules.items() if sys.modules.get(name, module) is not module]
+        for owner_name, owner, keys, ids, names in self.rows:
+            attributes = _attributes(owner)
+            if tuple(map(id, attributes.values())) == ids:  # the common case, at C speed
+                continue
+            before = dict(zip(keys, ids))
+            found += [f"{owner_name}.{n}" for n in names if id(attributes.get(n, _MISSING)) != before[n]]
+            if isinstance(owner, type):  # a class that gains a method shadows its base's: Tensor.__eq__ over TensorBase's
+                found += [f"{owner_name}.{n} (added)" for n in attributes if n not in before and _shadows(owner, n)]
+        for (names, objects, before), parts in zip(self.functions, (_function_parts, _property_parts)):
+            now = list(map(parts, objects))
+            if now != before:  # identical objects compare at once; a replaced code, default or closure does not
+                found += [f"{n} (its code, defaults or closure)" for n, a, b in zip(names, before, now) if a != b]
+        state = self._state()
+        found += [name for name, value in self.state.items() if state.get(name, value) != value]
+        return found
