@@ -32,6 +32,8 @@ import time
 import traceback
 from pathlib import Path
 
+from grader.judge.integrity import WALKED_EXIT
+
 MAX_TEXT = 600  # characters of any text from a submission that travel back (no bulk data in feedback)
 MAX_LINE = 64 * 1024  # bytes a child may send back
 
@@ -160,7 +162,9 @@ class Zygote:
         read_end, write_end = os.pipe()
         nonce = secrets.token_hex(16)
         guarded, encode, write, exit_ = _guarded, _encode, _WRITE, _EXIT  # bound before the learner's code runs
-        snapshot = self.snapshot
+        snapshot, impl_dir = self.snapshot, str(Path(self.config["impl"]).resolve())
+        from grader.judge.integrity import watch_memory_reads as watch
+
         start = time.monotonic()
         pid = os.fork()
         if pid == 0:  # the child: never returns
@@ -168,6 +172,7 @@ class Zygote:
                 os.close(read_end)
                 os.close(self.result_fd)
                 self._enter_child(timeout)
+                watch(impl_dir, exit_)
                 result = guarded(body, snapshot)
                 write(write_end, encode({"nonce": nonce, "label": label, **result})[:MAX_LINE])
             finally:
@@ -227,6 +232,8 @@ class Zygote:
             message = None
         if message is not None and not rest.strip():
             return message
+        if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WALKED_EXIT:
+            return {"outcome": "error", "kind": "tamper", "text": "read the interpreter's memory (stack frames, gc or ctypes)"}
         if buffer.strip():  # the learner's code wrote on the child's result pipe (the test process writes one line)
             return {"outcome": "error", "kind": "forged", "text": "lines on the test's result channel that the grader did not write"}
         return {"outcome": "error", "kind": "exited", "text": _describe_status(status)}
