@@ -147,7 +147,8 @@ def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None,
         "memory": f"Your code ran out of memory (the limit is {options.memory_mb} MB more than the grader's own){where}: {text}",
         "exit": f"Your code called {text} during the test.",
         "tamper": "Your code changed what the grader judges with (torch, pytest, json, the grader's own functions or "
-                  "tables) while this test ran, so it gets no points; your submission is flagged for review by the instructor.",
+                  f"tables) while this test ran ({text}), so it gets no points; your submission is flagged for review "
+                  "by the instructor.",
         "forged": "Your code wrote on the grader's result channel of this test, so it gets no points; your submission is "
                   "flagged for review by the instructor.",
         "exception": f"Your code raised {text}{where}.",

@@ -38,6 +38,8 @@ WATCHED = (
 )
 # Attributes that change identity legitimately while a test runs.
 VOLATILE = {"os.environ", "sys.modules", "builtins._", "torch.library._impls", "_pytest.fixtures.FixtureDef.cached_result"}
+# What Python's own machinery caches on a class the first time it is needed (copy, pickle, abc, typing).
+CLASS_CACHES = {"__slotnames__", "_abc_impl", "__abstractmethods__", "__parameters__", "__orig_bases__", "_is_protocol"}
 # The grader's tables, compared by content: a table edited in place keeps its identity.
 TABLES = ("grader.harness.tolerances", "grader.harness.checks", "grader.harness.course", "grader.harness.plugin")
 
@@ -70,8 +72,13 @@ def _attributes(owner):
 
 
 def _shadows(klass: type, name: str) -> bool:
-    """`name`, newly set on `klass`, replaces a dunder or what a base class defines."""
-    return (name.startswith("__") and name.endswith("__")) or any(name in vars(base) for base in klass.__mro__[1:])
+    """`name`, newly set on `klass`, replaces what a base class defines, or is a special method (a cache
+    such as copyreg's `__slotnames__` is neither)."""
+    if name in CLASS_CACHES:
+        return False
+    if any(name in vars(base) for base in klass.__mro__[1:]):
+        return True
+    return name.startswith("__") and name.endswith("__") and callable(vars(klass).get(name))
 
 
 def _function_of(value):

@@ -134,24 +134,34 @@ def bwrap_arguments(folder: Path, extra_secrets: tuple[Path, ...] = ()) -> list[
         args += ["--cap-drop", "ALL"] + [a for cap in ROOT_CAPABILITIES for a in ("--cap-add", cap)]
     else:  # an ordinary user: a user namespace (bwrap's unprivileged mode)
         args += ["--unshare-user"]
-    for tmp in PRIVATE_TMP:  # before the binds: the sandbox folder (or Python) may live under /tmp
-        args += ["--perms", "1777", "--tmpfs", tmp]
+    mounts: list[tuple[str, ...]] = [("--tmpfs", tmp) for tmp in PRIVATE_TMP]  # first: the sandbox may live under /tmp
     for tree in SYSTEM_TREES:
         if os.path.islink(tree):
-            args += ["--symlink", os.readlink(tree), tree]
+            mounts.append(("--symlink", os.readlink(tree), tree))
         elif os.path.isdir(tree):
-            args += ["--ro-bind", tree, tree]
-    for path in ETC_FILES:
-        args += ["--ro-bind-try", path, path]
-    for path in runtime_paths(secret_roots(extra_secrets)):
-        args += ["--ro-bind", path, path]
+            mounts.append(("--ro-bind", tree, tree))
+    mounts += [("--ro-bind-try", path, path) for path in ETC_FILES]
+    mounts += [("--ro-bind", path, path) for path in runtime_paths(secret_roots(extra_secrets))]
     gpus = sorted(glob.glob("/dev/nvidia*"))
-    for device in gpus:  # CUDA: the driver's devices and what NVML reads
-        args += ["--dev-bind", device, device]
+    mounts += [("--dev-bind", device, device) for device in gpus]  # CUDA: the driver's devices and what NVML reads
     if gpus:
-        args += ["--ro-bind", "/sys", "/sys"]
-    root = str(folder)
-    return [*args, "--bind", root, root, "--chdir", root]
+        mounts.append(("--ro-bind", "/sys", "/sys"))
+    mounts.append(("--bind", str(folder), str(folder)))
+    # bwrap makes the folders on the way to a mount point with mode 700: the learner's uid could not pass
+    # them (to Python under /root/.pyenv, to /etc/hosts, to the sandbox). Make them first, enterable.
+    made = {"/", "/dev", "/proc", *PRIVATE_TMP}
+    parents = set()
+    for mount in mounts:
+        parent = os.path.dirname(mount[-1])
+        while parent not in made and parent not in parents:
+            parents.add(parent)
+            parent = os.path.dirname(parent)
+    for parent in sorted(parents, key=lambda p: (p.count("/"), p)):
+        if not os.path.islink(parent):
+            args += ["--perms", "0755", "--dir", parent]
+    for mount in mounts:
+        args += (["--perms", "1777"] if mount[0] == "--tmpfs" else []) + list(mount)
+    return [*args, "--chdir", str(folder)]
 
 
 @functools.lru_cache(maxsize=1)
