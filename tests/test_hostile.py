@@ -125,3 +125,35 @@ def test_no_process_is_left_and_nothing_is_written_outside(graded):
     uids = {int(u) for r in graded["records"].values() for u in re.findall(r"\(uid (\d+)\)", r.isolation)}
     assert not _processes_of(uids), "processes of the run's private uids survived"
     assert not any(p.name != "rmsnorm.py" for p in graded["klass"].rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------------------------------
+# The static audit: the attacks' constructs, never the course's
+
+
+def test_the_audit_leaves_the_course_alone():
+    """No reference and no stub is flagged (03's setattr on a submodule, 08's socket and multiprocessing)."""
+    from grader.harness.course import existing_modules
+    from grader.judge.audit import audit_files
+
+    for module in existing_modules():
+        for root in ("solutions", "exercises"):
+            path = REPO_ROOT / root / module.name / module.file
+            if path.is_file():
+                assert audit_files({f"{module.name}/{module.file}": path.read_bytes()}) == [], f"{root}/{module.name}"
+
+
+def test_the_audit_reads_only_the_graded_modules():
+    from grader.judge.audit import audit_files
+
+    files = {"01_rmsnorm/rmsnorm.py": REFERENCE.encode(), "02_rope/rope.py": b"import ctypes\n"}
+    assert audit_files(files, ["01_rmsnorm"]) == []
+    assert audit_files(files, ["01_rmsnorm", "02_rope"]) == ["02_rope/rope.py:1: imports ctypes"]
+
+
+@pytest.mark.parametrize("attack", sorted(attacks()))
+def test_the_audit_flags_every_attack_with_its_line(attack):
+    from grader.judge.audit import audit_source
+
+    flags = audit_source(attacks()[attack])
+    assert flags and all(re.match(r"line \d+: ", flag) for flag in flags), flags
