@@ -22,6 +22,7 @@ to find an expected value, or that patches something and puts it back before the
 from __future__ import annotations
 
 import operator
+import os
 import sys
 import types
 
@@ -38,6 +39,9 @@ WATCHED = (
 )
 # Attributes that change identity legitimately while a test runs.
 VOLATILE = {"os.environ", "sys.modules", "builtins._", "torch.library._impls", "_pytest.fixtures.FixtureDef.cached_result"}
+# Functions torch wraps in place when a submodule is first imported (torch._dynamo wraps manual_seed):
+# the wrapper of the original, from torch's own files, is no change.
+TORCH_WRAPS = {"torch.manual_seed"}
 # What Python's own machinery caches on a class the first time it is needed (copy, pickle, abc, typing).
 CLASS_CACHES = {"__slotnames__", "_abc_impl", "__abstractmethods__", "__parameters__", "__orig_bases__", "_is_protocol"}
 # The grader's tables, compared by content: a table edited in place keeps its identity.
@@ -105,8 +109,8 @@ def _torch_state() -> dict:
         "default dtype": repr(torch.get_default_dtype()),
     }
     impls = getattr(torch.library, "_impls", None)
-    if impls is not None:
-        state["Python kernels registered with torch.library"] = tuple(sorted(impls))
+    if impls is not None:  # kernels of aten's operators (a lazy import of torch registers others, and Meta ones)
+        state["Python kernels of aten operators"] = tuple(sorted(k for k in impls if k.startswith("aten/") and not k.endswith("/Meta")))
     return state
 
 
@@ -138,6 +142,7 @@ class Snapshot:
         # one row per owner: its attribute names and their identities, compared as tuples (fast: a test
         # process verifies some 30,000 attributes in a few milliseconds)
         self.rows = []
+        self.originals = {key: _attributes(self.owners[key.rsplit(".", 1)[0]]).get(key.rsplit(".", 1)[1]) for key in TORCH_WRAPS}
         functions, properties = [], []
         for owner_name, owner in self.owners.items():
             attributes = _attributes(owner)
@@ -171,6 +176,15 @@ class Snapshot:
                     state[f"pytest hook {name}"] = tuple(id(impl.function) for impl in caller.get_hookimpls())
         return state
 
+    def _torch_wrap(self, key: str, value) -> bool:
+        """`value` is torch's own wrapper of the original (see TORCH_WRAPS)."""
+        import torch
+
+        if key not in self.originals or getattr(value, "__wrapped__", None) is not self.originals[key]:
+            return False
+        code = getattr(value, "__code__", None)
+        return code is not None and code.co_filename.startswith(os.path.dirname(torch.__file__) + os.sep)
+
     def changed(self) -> list[str]:
         """What differs from the snapshot now, in a stable order (empty: nothing)."""
         found = [name for name, module in self.modules.items() if sys.modules.get(name, module) is not module]
@@ -179,7 +193,8 @@ class Snapshot:
             if tuple(map(id, attributes.values())) == ids:  # the common case, at C speed
                 continue
             before = dict(zip(keys, ids))
-            found += [f"{owner_name}.{n}" for n in names if id(attributes.get(n, _MISSING)) != before[n]]
+            found += [f"{owner_name}.{n}" for n in names if id(attributes.get(n, _MISSING)) != before[n]
+                      and not self._torch_wrap(f"{owner_name}.{n}", attributes.get(n))]
             if isinstance(owner, type):  # a class that gains a method shadows its base's: Tensor.__eq__ over TensorBase's
                 found += [f"{owner_name}.{n} (added)" for n in attributes if n not in before and _shadows(owner, n)]
         for (names, objects, before), parts in zip(self.functions, (_function_parts, _property_parts)):
