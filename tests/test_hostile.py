@@ -157,3 +157,12 @@ def test_the_audit_flags_every_attack_with_its_line(attack):
 
     flags = audit_source(attacks()[attack])
     assert flags and all(re.match(r"line \d+: ", flag) for flag in flags), flags
+
+
+def test_private_uids_are_leased_machine_wide():
+    """Two leases at once (two `llmlab grade` runs, or two jobs of one) never get the same uid."""
+    from grader.judge.sandbox import UID_BASE, UID_COUNT, private_uid
+
+    with private_uid() as first, private_uid() as second:
+        assert first != second
+        assert UID_BASE <= first < UID_BASE + UID_COUNT and UID_BASE <= second < UID_BASE + UID_COUNT
