@@ -17,7 +17,6 @@ import base64
 import csv
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time

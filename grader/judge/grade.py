@@ -151,6 +151,8 @@ def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None,
                   "by the instructor.",
         "forged": "Your code wrote on the grader's result channel of this test, so it gets no points; your submission is "
                   "flagged for review by the instructor.",
+        "module": "The process that loaded your file stopped before this test could run: your code (at import, or in a "
+                  "thread it started) exited, crashed, or used more memory or processes than allowed.",
         "exception": f"Your code raised {text}{where}.",
         "assertion": text or "A check of this test failed.",
         "skipped": f"This test was skipped ({text}) and gives no points.",
