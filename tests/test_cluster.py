@@ -10,14 +10,12 @@ import json
 import shutil
 import subprocess
 import sys
-import threading
 
 import pytest
 
 from grader.harness.course import REPO_ROOT, get_module
 from grader.judge import cluster
 from grader.judge.grade import Options, collect_expected, grade_class
-from grader.judge.report import load_record
 
 pytest.importorskip("distributed", reason="the `cluster` extra (dask[distributed]) is not installed")
 
@@ -84,26 +82,6 @@ def test_a_worker_with_other_hidden_suites_refuses_to_grade(small_class, tmp_pat
     with pytest.raises(RuntimeError, match="differ from the judge's"):
         cluster.grade_task(submission, collect_expected([MODULE]), options, "not-the-judges-fingerprint")
     assert cluster.suites_fingerprint(options) == cluster.suites_fingerprint(options)
-
-
-def test_slots_are_private_across_tasks_on_one_machine():
-    """Two tasks on one machine never share a uid slot, whatever process they run in."""
-    held, release = [], threading.Event()
-
-    def hold():
-        with cluster.machine_slot() as slot:
-            held.append(slot)
-            release.wait(10)
-
-    threads = [threading.Thread(target=hold) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    while len(held) < 3 and any(t.is_alive() for t in threads):
-        threading.Event().wait(0.01)
-    release.set()
-    for thread in threads:
-        thread.join()
-    assert len(set(held)) == 3, held
 
 
 def test_grading_without_a_scheduler_imports_no_dask():

@@ -37,8 +37,18 @@ def _describe(value: Any) -> str:
     return f"{type(value).__name__} {value!r}"[:200]
 
 
+def _plain(value: Any) -> Any:
+    """A tensor as a plain `torch.Tensor`: a subclass the code under test returned (its `__torch_function__`)
+    takes no part in the comparison that judges it."""
+    if isinstance(value, torch.Tensor) and type(value) is not torch.Tensor:
+        with torch._C.DisableTorchFunctionSubclass():
+            return value.as_subclass(torch.Tensor)
+    return value
+
+
 def assert_shape(actual: Any, shape: tuple[int, ...], *, what: str = "output") -> None:
     """`actual` is a tensor of exactly `shape`; otherwise say how it differs."""
+    actual = _plain(actual)
     if not isinstance(actual, torch.Tensor):
         raise AssertionError(f"{what} should be a tensor of shape {_shape(shape)}, got {_describe(actual)}")
     if tuple(actual.shape) == tuple(shape):
@@ -92,6 +102,7 @@ def assert_close(
     `expected.dtype`). `mistakes` maps a sentence naming a known mistake to either the output that
     mistake would give or a predicate on the actual output; the first match is added to the message.
     """
+    actual, expected = _plain(actual), _plain(expected)
     want_dtype = dtype or expected.dtype
     assert_shape(actual, tuple(expected.shape), what=what)
     if actual.dtype != want_dtype:

@@ -20,21 +20,15 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import fcntl
 import hashlib
 import os
 import secrets
-import tempfile
-from collections.abc import Callable, Iterator
-from pathlib import Path
+from collections.abc import Callable
 
 from grader.judge.grade import ExpectedTest, Options, grade_submission
 from grader.judge.report import Record
-from grader.judge.sandbox import UID_BASE, detect_isolation, hidden_suite
+from grader.judge.sandbox import detect_isolation, hidden_suite, private_uid
 from grader.judge.submission import Submission
-
-SLOTS = 64  # private uids per machine: UID_BASE .. UID_BASE + SLOTS - 1 (tests/test_grade.py watches this range)
-
 
 def suites_fingerprint(options: Options) -> str:
     """A digest of the graded modules' hidden suites (every file, by name and content)."""
@@ -46,31 +40,6 @@ def suites_fingerprint(options: Options) -> str:
     return digest.hexdigest()
 
 
-@contextlib.contextmanager
-def machine_slot() -> Iterator[int]:
-    """A uid slot no other grading task on this machine holds (a lock file per slot).
-
-    Several worker processes may share a machine (`dask worker --nworkers 2`); each learner's code must still
-    run under a uid of its own, so the slot is taken across processes, not per process as in a local run.
-    """
-    folder = Path(tempfile.gettempdir()) / f"llmlab-slots-{os.geteuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    for slot in range(SLOTS):
-        handle = open(folder / f"{slot}.lock", "w")  # noqa: SIM115 - held until the task ends
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
-            continue
-        try:
-            yield slot
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
-            handle.close()
-        return
-    raise RuntimeError(f"more than {SLOTS} grading tasks at once on this machine: start fewer worker processes")
-
-
 def grade_task(submission: Submission, expected: list[ExpectedTest], options: Options, fingerprint: str) -> Record:
     """What one Dask task runs, on its worker: the submission graded in the sandbox, the record returned."""
     mine = suites_fingerprint(options)
@@ -80,8 +49,8 @@ def grade_task(submission: Submission, expected: list[ExpectedTest], options: Op
             "same version of the course on every worker")
     # The isolation is the worker machine's own (root or not, unshare or not), never the judge's.
     options = dataclasses.replace(options, isolation=detect_isolation())
-    with machine_slot() as slot:
-        uid = UID_BASE + slot if options.isolation.setuid else None
+    # A uid leased machine-wide, as a local run leases it: several worker processes may share a machine.
+    with private_uid() if options.isolation.setuid else contextlib.nullcontext() as uid:
         return grade_submission(submission, expected, options, uid)
 
 

@@ -19,7 +19,6 @@ import contextlib
 import io
 import json
 import os
-import queue
 import secrets
 import select
 import signal
@@ -36,16 +35,9 @@ from grader.harness.course import MODULES, REPO_ROOT, Module, find_module, get_m
 from grader.judge.audit import audit_files
 from grader.judge.progress import Progress
 from grader.judge.report import Record, TestOutcome, load_record, write_class, write_learner
-from grader.judge.sandbox import (
-    UID_BASE,
-    Isolation,
-    Sandbox,
-    detect_isolation,
-    has_hidden_suite,
-    hidden_suite,
-    secret_paths,
-)
+from grader.judge.sandbox import Isolation, Sandbox, detect_isolation, has_hidden_suite, hidden_suite, private_uid
 from grader.judge.submission import Submission, find_submissions, read_submission
+from grader.judge.worker import MAX_TEXT
 
 # --------------------------------------------------------------------------------------------------
 # What the judge expects: collected here, from the repository's hidden suites, no learner code
@@ -141,8 +133,9 @@ def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None,
     """The feedback of a test that did not pass: what went wrong, what the test checks, what to read."""
     module = get_module(test.module)
     file = f"{module.name}/{module.file}"
-    where = f" (your {file}, line {line})" if line else ""
+    where = f" (your {file}, line {line})" if isinstance(line, int) else ""
     text = (text or "").strip()
+    text = text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"  # it came from the submission's process
     first = {
         "todo": f"{text} in {file} is not implemented yet: write it as its docstring says.",
         "load": f"Your code could not be loaded, so this test could not run:\n  {text}\n"
@@ -154,8 +147,13 @@ def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None,
                   f"({options.memory_mb} MB).",
         "memory": f"Your code ran out of memory (the limit is {options.memory_mb} MB more than the grader's own){where}: {text}",
         "exit": f"Your code called {text} during the test.",
-        "tamper": "The grader's own functions were changed while your code ran, so this test gets no points; "
-                  "your submission is flagged for review by the instructor.",
+        "tamper": "Your code changed what the grader judges with (torch, pytest, json, the grader's own functions or "
+                  f"tables) while this test ran ({text}), so it gets no points; your submission is flagged for review "
+                  "by the instructor.",
+        "forged": "Your code wrote on the grader's result channel of this test, so it gets no points; your submission is "
+                  "flagged for review by the instructor.",
+        "module": "The process that loaded your file stopped before this test could run: your code (at import, or in a "
+                  "thread it started) exited, crashed, or used more memory or processes than allowed.",
         "exception": f"Your code raised {text}{where}.",
         "assertion": text or "A check of this test failed.",
         "skipped": f"This test was skipped ({text}) and gives no points.",
@@ -168,28 +166,13 @@ def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None,
 # One submission in its sandbox
 
 
-class _Slots:
-    """Private uids for parallel workers: learners never share a uid at the same time."""
-
-    def __init__(self, jobs: int) -> None:
-        self.free: queue.Queue[int] = queue.Queue()
-        for slot in range(jobs):
-            self.free.put(slot)
-
-
 def _kill_uid(uid: int) -> None:
-    """Kill every process left running under a slot's private uid (only our workers' children use it)."""
+    """Kill every process left running under a leased private uid (only this submission's tests use it)."""
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             with contextlib.suppress(OSError):
                 if os.stat(f"/proc/{entry}").st_uid == uid:
                     os.kill(int(entry), signal.SIGKILL)
-
-
-def _hideable(paths: list[str], sandbox: Path) -> list[str]:
-    """Never hide a folder the worker itself needs: the sandbox, Python, or their parents."""
-    needed = [Path(sandbox).resolve(), Path(sys.prefix).resolve(), Path(sys.executable).resolve()]
-    return [p for p in paths if Path(p) != Path("/") and not any(n == Path(p) or Path(p) in n.parents for n in needed)]
 
 
 def run_worker(submission: Submission, modules: list[Module], expected: list[ExpectedTest], options: Options,
@@ -214,11 +197,10 @@ def run_worker(submission: Submission, modules: list[Module], expected: list[Exp
         "suites": [str(box.root / "suite" / m.name) for m in modules],
         "ini": str(box.root / "pytest.ini"),
         "root": str(box.root),
-        "mount_ns": isolation.namespaces,
-        "net_ns": isolation.namespaces,
-        "hide": _hideable(secret_paths((Path(submission.path).resolve().parent, Path(options.out).resolve())), box.root),
     }
-    process = subprocess.Popen(box.command(isolation), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
+    # the class's folder and the grades folder stay out of the allow-list, whatever Python's paths hold
+    secrets_ = (Path(submission.path).resolve().parent, Path(options.out).resolve())
+    process = subprocess.Popen(box.command(isolation, secrets_), stdin=subprocess.PIPE, stdout=log, stderr=subprocess.STDOUT,
                                cwd=box.root, env=box.environment(), pass_fds=(write_end,), start_new_session=True)
     os.close(write_end)
     try:
@@ -274,6 +256,17 @@ def run_worker(submission: Submission, modules: list[Module], expected: list[Exp
     return results, loads, error
 
 
+def _run_time_flags(tests: list[TestOutcome]) -> list[str]:
+    """The run-time tampering verdicts, for the review column (the feedback already says so)."""
+    flags = []
+    for kind, what in (("tamper", "changed what the grader judges with"), ("forged", "wrote on a test's result channel")):
+        hits = sorted({t.module for t in tests if t.kind == kind})
+        if hits:
+            count = sum(t.kind == kind for t in tests)
+            flags.append(f"run time: the code {what} in {count} test(s) of {', '.join(hits)}")
+    return flags
+
+
 def grade_submission(submission: Submission, expected: list[ExpectedTest], options: Options,
                      uid: int | None = None, on_result=None) -> Record:
     start = time.monotonic()
@@ -306,8 +299,8 @@ def grade_submission(submission: Submission, expected: list[ExpectedTest], optio
         modules=names,
         tests=tests,
         ignored=submission.ignored,
-        review=audit_files(submission.files),
-        isolation=isolation.describe(),
+        review=audit_files(submission.files, [m.name for m in present]) + _run_time_flags(tests),
+        isolation=isolation.describe() + (f" (uid {uid})" if uid is not None and isolation.setuid else ""),
         seconds=round(time.monotonic() - start, 2),
         worker_error=error,
         rejected=submission.rejected,
@@ -357,7 +350,6 @@ def grade_class(path: Path, options: Options, progress: bool = True, stream=None
     bar = Progress(len(found), len(todo) * len(expected), stream, enabled=progress)
     for learner in sorted(records):
         bar.learner_done(learner, "already graded (use --force to grade again)", 0)
-    slots = _Slots(max(1, options.jobs))
     lock = threading.Lock()
 
     def finish(record: Record) -> None:
@@ -368,12 +360,8 @@ def grade_class(path: Path, options: Options, progress: bool = True, stream=None
         bar.learner_done(record.learner, f"{record.total:g}/{record.max_total:g} in {record.seconds:.1f}s", len(expected))
 
     def one(submission: Submission) -> None:
-        slot = slots.free.get()
-        try:
-            uid = UID_BASE + slot if options.isolation.setuid else None
+        with private_uid() if options.isolation.setuid else contextlib.nullcontext() as uid:
             record = grade_submission(submission, expected, options, uid, bar.test_done)
-        finally:
-            slots.free.put(slot)
         finish(record)
 
     if options.scheduler:  # the judge still writes everything; only the grading runs on the cluster's workers

@@ -11,6 +11,7 @@ submission with the same sandboxed judge as `llmlab grade` and copies its `resul
 
 from __future__ import annotations
 
+import contextlib
 import json
 import secrets
 import shutil
@@ -28,7 +29,8 @@ SETUP_SH = """#!/usr/bin/env bash
 # Gradescope runs this once when it builds the autograder image (Ubuntu, as root).
 set -euo pipefail
 cd /autograder/source
-apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip util-linux >/dev/null
+# bubblewrap: the grader's sandbox (a filesystem allow-list, no network); without it grading falls back to rlimits
+apt-get update -qq && apt-get install -y -qq python3 python3-venv python3-pip bubblewrap >/dev/null
 # the course needs Python 3.11 or newer (Ubuntu 22.04's python3 is 3.10; its universe has python3.11)
 PYTHON=python3
 if ! python3 -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
@@ -51,8 +53,9 @@ cd "$ROOT/source"
 PYTHONPATH="$ROOT/source" exec "$PYTHON" -m grader.cli gradescope run "$ROOT"
 """
 
-# what the bundle carries from the repository: the harness, the hidden suites, the packaging
-INCLUDE = ["pyproject.toml", "README.md", "grader"]
+# what the bundle carries from the repository: the harness, the hidden suites, the packaging, and the
+# stubs as handed out (the audit leaves their lines alone)
+INCLUDE = ["pyproject.toml", "README.md", "grader", "exercises"]
 
 
 def _torch_version() -> str:
@@ -62,6 +65,14 @@ def _torch_version() -> str:
         return torch.__version__.split("+")[0]
     except ImportError:  # pragma: no cover - torch is a dependency
         return "2.13.0"
+
+
+def _is_stub(path: Path) -> bool:
+    """`exercises/NN_name/<file>`: a module's stub (not its public tests or hints)."""
+    from grader.harness.course import find_module
+
+    module = find_module(path.parent.name)
+    return module is not None and path.name == module.file
 
 
 def build(target: Path, timeout: float = 30.0, memory_mb: int = 2048, seed: int | None = None) -> Path:
@@ -77,6 +88,8 @@ def build(target: Path, timeout: float = 30.0, memory_mb: int = 2048, seed: int 
                 paths = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.is_file())
                 for path in paths:
                     if "__pycache__" in path.parts or path.suffix == ".pyc":
+                        continue
+                    if name == "exercises" and not _is_stub(path):
                         continue
                     bundle.write(path, path.relative_to(REPO_ROOT).as_posix())
             for name, text in (("setup.sh", SETUP_SH.replace("{torch}", _torch_version())),
@@ -94,6 +107,7 @@ def run(root: Path | None = None) -> int:
     from grader.harness.files import atomic_write
     from grader.judge.grade import Options, collect_expected, grade_submission, graded_modules
     from grader.judge.report import write_learner
+    from grader.judge.sandbox import detect_isolation, private_uid
     from grader.judge.submission import read_submission
 
     root = Path(root or "/autograder")
@@ -107,7 +121,9 @@ def run(root: Path | None = None) -> int:
                           memory_mb=int(config.get("memory_mb", 2048)), seed=int(config.get("seed", 0)), force=True)
         # Gradescope unpacks the upload into submission/ (a zip of exercises/ arrives as its files)
         submission = read_submission("submission", root / "submission")
-        record = grade_submission(submission, collect_expected(options.modules), options)
+        options.isolation = detect_isolation()
+        with private_uid() if options.isolation.setuid else contextlib.nullcontext() as uid:
+            record = grade_submission(submission, collect_expected(options.modules), options, uid)
         write_learner(out, record)
         atomic_write(results, (out / "submission" / "results.json").read_text())
         print(f"{record.total:g} / {record.max_total:g} points", file=sys.stderr)

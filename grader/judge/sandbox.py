@@ -1,4 +1,4 @@
-"""A sandbox for one submission: a fresh folder, a scrubbed environment, namespaces where the OS allows.
+"""A sandbox for one submission: a fresh folder, a scrubbed environment, and bubblewrap where it is installed.
 
 Layout of the folder (created by `Sandbox.create`, removed by `Sandbox.remove`):
 
@@ -8,17 +8,24 @@ Layout of the folder (created by `Sandbox.create`, removed by `Sandbox.remove`):
     work/ home/ tmp/       the learner's working folder, HOME and TMPDIR (owned by the learner's uid)
     pytest.ini             empty: no ini file of the repository or of the submission applies
 
-The worker (grader/judge/worker.py) runs there under `unshare --net --pid --fork --mount-proc --mount` when that
-works (we are root): no network (loopback only), its own process tree (everything left dies with it),
-and tmpfs mounted over the repository's secret folders (hidden suites, solutions, tests) and over the
-class's submissions and the grades folder. Tests run in children under a private uid per parallel slot.
-Without root or unshare, the same runs with rlimits and process groups only (`Isolation.describe`).
+With bubblewrap (`bwrap`, the sandbox Flatpak uses) the worker (grader/judge/worker.py) sees an *allow-list*
+of the filesystem: `/usr` and the Python installation read-only, a few files of `/etc` the dynamic linker
+and the resolver read, this folder read-write, fresh `/proc`, `/dev`, `/tmp`, `/var/tmp`, `/dev/shm`; nothing
+else exists there (no home folder, no checkout, no `.git`, no other learner, no grades). It also gets new pid,
+network (loopback only), ipc and uts namespaces, its own session, and dies with the judge. As root, bwrap
+keeps only the capabilities the worker needs to run each test under a private uid (setuid, setgid, kill).
+Without bwrap (a laptop, macOS) the same runs with rlimits and process groups only (`Isolation.describe`,
+written into every `record.json`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import functools
+import glob
 import os
+import secrets
 import shutil
 import subprocess
 import sys
@@ -28,7 +35,10 @@ from pathlib import Path
 
 from grader.harness.course import REPO_ROOT, Module
 
-UID_BASE = 61000  # learners' code runs as UID_BASE + slot (no passwd entry needed)
+# Learners' code runs under a private uid (no passwd entry needed), leased machine-wide for one submission
+# at a time: a lock file per uid, so two `llmlab grade` runs at once never share one (nor kill each other's).
+UID_BASE = 61000
+UID_COUNT = 4000
 HIDDEN_ROOT = REPO_ROOT / "grader" / "hidden"
 # A hidden suite's test files are root's only: the test child has read them before it drops to the
 # learner's uid. A `*_workers.py` file holds the functions that processes the learner's code starts must
@@ -36,33 +46,73 @@ HIDDEN_ROOT = REPO_ROOT / "grader" / "hidden"
 # lists them): a learner's code may see the file names, never the tests.
 WORKERS_MODE = 0o644
 
+# What of the host exists inside bubblewrap besides Python and the sandbox folder.
+SYSTEM_TREES = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+ETC_FILES = ("/etc/ld.so.cache", "/etc/ld.so.conf", "/etc/ld.so.conf.d", "/etc/passwd", "/etc/group",
+             "/etc/nsswitch.conf", "/etc/hosts", "/etc/localtime")
+PRIVATE_TMP = ("/tmp", "/var/tmp", "/dev/shm")
+ROOT_CAPABILITIES = ("CAP_SETUID", "CAP_SETGID", "CAP_KILL")  # all a root worker keeps: the rest are dropped
+
 
 @dataclass(frozen=True)
 class Isolation:
-    namespaces: bool  # unshare --net --pid --mount works
+    bubblewrap: bool  # bwrap runs the worker (filesystem allow-list, namespaces)
     setuid: bool  # we can run the learner's code under its own uid
+    why_not: str = ""  # why bubblewrap is not used
+
+    @property
+    def name(self) -> str:
+        return "bubblewrap" if self.bubblewrap else "rlimits"
 
     def describe(self) -> str:
-        parts = []
-        parts.append("network, pid and mount namespaces" if self.namespaces else "no namespaces (unshare unavailable)")
-        parts.append("a private uid per slot" if self.setuid else "the grader's own uid (not root, or Python in a folder other users cannot read)")
-        return ", ".join(parts) + "; rlimits on memory, CPU, processes, file size; per-test process groups"
+        if self.bubblewrap:
+            parts = ["bubblewrap: filesystem allow-list (/usr and Python read-only, the sandbox folder; private /tmp), "
+                     "new pid, network (loopback only), ipc and uts namespaces"]
+        else:
+            parts = [f"no bubblewrap ({self.why_not or 'not installed'}): the learner's code can read what the grader's uid can"]
+        parts.append("a private uid per submission" if self.setuid else "the grader's own uid (not root, or Python in a folder other users cannot read)")
+        return "; ".join(parts) + "; rlimits on memory, CPU, processes, file size; per-test process groups"
 
 
-UNSHARE = ["unshare", "--net", "--pid", "--fork", "--mount-proc", "--mount", "--propagation", "private"]
+def secret_roots(extra: tuple[Path, ...] = ()) -> list[str]:
+    """Folders whose content must never be inside the sandbox: the course checkout (the editable install's
+    too), the class's folder and the grades folder. Used to keep them out of the allow-list."""
+    roots = {REPO_ROOT, *extra}
+    try:  # an editable install may point at another checkout
+        import importlib.metadata
+        import json
+
+        text = importlib.metadata.distribution("llmlab").read_text("direct_url.json") or "{}"
+        url = json.loads(text).get("url", "")
+        if url.startswith("file://"):
+            roots.add(Path(url[len("file://"):]))
+    except Exception:  # noqa: BLE001 - not installed, or not editable
+        pass
+    return sorted({os.path.realpath(p) for p in roots})
 
 
-def runtime_paths() -> list[str]:
+def _inside(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def runtime_paths(secrets_: list[str] | None = None) -> list[str]:
     """What a test process reads besides the sandbox: the interpreter (multiprocessing's spawn and forkserver
-    start it again), the standard library, site-packages and the course (an editable install)."""
-    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix, str(REPO_ROOT),
-             os.path.dirname(os.path.realpath(sys.executable)), *sys.path}
-    return sorted({os.path.realpath(p) for p in paths if p and os.path.isdir(p)})
+    start it again), the standard library and site-packages: never a secret folder nor one that holds one
+    (a `.pth` file of an editable install puts the checkout on `sys.path`)."""
+    secrets_ = secret_roots() if secrets_ is None else secrets_
+    prefixes = {os.path.realpath(p) for p in (sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+                                              os.path.dirname(os.path.realpath(sys.executable)))}
+    others = {os.path.realpath(p) for p in sys.path if p and os.path.isdir(p)} - prefixes
+    # a virtual environment inside the checkout (CI's .venv) is bound, the checkout around it is not
+    allowed = [p for p in prefixes if os.path.isdir(p) and p != "/" and not any(_inside(s, p) for s in secrets_)]
+    allowed += [p for p in others if p != "/" and not any(_inside(p, s) or _inside(s, p) for s in secrets_)]
+    return sorted(p for p in allowed if not any(o != p and _inside(p, o) for o in allowed))  # outermost only
 
 
 def closed_folders(paths: list[str]) -> list[str]:
     """The outermost folders on the way to `paths` that other users cannot enter: /root (mode 700) when
-    pyenv installed Python there, a home folder of mode 750. A private uid could not import from them."""
+    pyenv installed Python there, a home folder of mode 750. Without bubblewrap, a private uid could not
+    import from them (bwrap makes the folders on the way to a bind point anew, enterable)."""
     closed = set()
     for path in paths:
         parent = os.path.dirname(os.path.realpath(path))
@@ -76,36 +126,102 @@ def closed_folders(paths: list[str]) -> list[str]:
     return sorted(c for c in closed if not any(c.startswith(o.rstrip("/") + "/") for o in closed))
 
 
+def bwrap_arguments(folder: Path, extra_secrets: tuple[Path, ...] = ()) -> list[str]:
+    """`bwrap ...` for a worker whose sandbox folder is `folder`: the allow-list, the namespaces."""
+    args = ["bwrap", "--unshare-ipc", "--unshare-pid", "--unshare-net", "--unshare-uts", "--unshare-cgroup-try",
+            "--die-with-parent", "--new-session", "--proc", "/proc", "--dev", "/dev"]
+    if os.geteuid() == 0:  # root without a user namespace: keep only what running tests under a private uid needs
+        args += ["--cap-drop", "ALL"] + [a for cap in ROOT_CAPABILITIES for a in ("--cap-add", cap)]
+    else:  # an ordinary user: a user namespace (bwrap's unprivileged mode)
+        args += ["--unshare-user"]
+    mounts: list[tuple[str, ...]] = [("--tmpfs", tmp) for tmp in PRIVATE_TMP]  # first: the sandbox may live under /tmp
+    for tree in SYSTEM_TREES:
+        if os.path.islink(tree):
+            mounts.append(("--symlink", os.readlink(tree), tree))
+        elif os.path.isdir(tree):
+            mounts.append(("--ro-bind", tree, tree))
+    mounts += [("--ro-bind-try", path, path) for path in ETC_FILES]
+    mounts += [("--ro-bind", path, path) for path in runtime_paths(secret_roots(extra_secrets))]
+    gpus = sorted(glob.glob("/dev/nvidia*"))
+    mounts += [("--dev-bind", device, device) for device in gpus]  # CUDA: the driver's devices and what NVML reads
+    if gpus:
+        mounts.append(("--ro-bind", "/sys", "/sys"))
+    mounts.append(("--bind", str(folder), str(folder)))
+    # bwrap makes the folders on the way to a mount point with mode 700: the learner's uid could not pass
+    # them (to Python under /root/.pyenv, to /etc/hosts, to the sandbox). Make them first, enterable.
+    made = {"/", "/dev", "/proc", *PRIVATE_TMP}
+    parents = set()
+    for mount in mounts:
+        parent = os.path.dirname(mount[-1])
+        while parent not in made and parent not in parents:
+            parents.add(parent)
+            parent = os.path.dirname(parent)
+    for parent in sorted(parents, key=lambda p: (p.count("/"), p)):
+        if not os.path.islink(parent):
+            args += ["--perms", "0755", "--dir", parent]
+    for mount in mounts:
+        args += (["--perms", "1777"] if mount[0] == "--tmpfs" else []) + list(mount)
+    return [*args, "--chdir", str(folder)]
+
+
 @functools.lru_cache(maxsize=1)
 def detect_isolation() -> Isolation:
-    namespaces = False
-    if shutil.which("unshare") and os.environ.get("LLMLAB_NO_NAMESPACES") != "1":
+    """bubblewrap when `bwrap` is installed and runs here (`LLMLAB_NO_BWRAP=1` forces the fallback)."""
+    why = ""
+    if os.environ.get("LLMLAB_NO_BWRAP") == "1":
+        why = "LLMLAB_NO_BWRAP=1"
+    elif not shutil.which("bwrap"):
+        why = "bwrap is not installed"
+    else:
+        with tempfile.TemporaryDirectory(prefix="llmlab-bwrap-") as folder:
+            try:
+                done = subprocess.run([*bwrap_arguments(Path(folder)), sys.executable, "-S", "-c", "pass"],
+                                      capture_output=True, timeout=60)
+                if done.returncode != 0:
+                    why = "bwrap does not run here: " + done.stderr.decode(errors="replace").strip()[:200]
+            except (OSError, subprocess.TimeoutExpired) as error:
+                why = f"bwrap does not run here: {error}"
+    bubblewrap = not why
+    # bwrap makes the folders on the way to Python enterable; without it a private uid could not read
+    # Python installed under /root, so the tests run under the grader's uid.
+    setuid = os.geteuid() == 0 and (bubblewrap or not closed_folders(runtime_paths()))
+    return Isolation(bubblewrap=bubblewrap, setuid=setuid, why_not=why)
+
+
+def _processes_of(uid: int) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            with contextlib.suppress(OSError):
+                if os.stat(f"/proc/{entry}").st_uid == uid:
+                    found.append(int(entry))
+    return found
+
+
+@contextlib.contextmanager
+def private_uid():
+    """Lease a uid of UID_BASE..UID_BASE+UID_COUNT for one submission, machine-wide: the lock of
+    `<tmp>/llmlab-uids/<uid>.lock` is held while it is in use, and a uid that still runs processes is skipped."""
+    folder = Path(tempfile.gettempdir()) / "llmlab-uids"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    start = secrets.randbelow(UID_COUNT)
+    for step in range(UID_COUNT):
+        uid = UID_BASE + (start + step) % UID_COUNT
+        fd = os.open(folder / f"{uid}.lock", os.O_RDWR | os.O_CREAT, 0o600)
         try:
-            namespaces = subprocess.run([*UNSHARE, "true"], capture_output=True, timeout=20).returncode == 0
-        except (OSError, subprocess.TimeoutExpired):
-            namespaces = False
-    # In a mount namespace the worker opens closed folders (grader/judge/worker.py); without one, a private uid
-    # could not read Python itself, so the tests run under the grader's uid.
-    setuid = os.geteuid() == 0 and (namespaces or not closed_folders(runtime_paths()))
-    return Isolation(namespaces=namespaces, setuid=setuid)
-
-
-def secret_paths(extra: tuple[Path, ...] = ()) -> list[str]:
-    """Folders the learner's code must not read: the repository's answers, other learners, the grades."""
-    roots = {REPO_ROOT}
-    try:  # an editable install may point at another checkout
-        import importlib.metadata
-        import json
-
-        text = importlib.metadata.distribution("llmlab").read_text("direct_url.json") or "{}"
-        url = json.loads(text).get("url", "")
-        if url.startswith("file://"):
-            roots.add(Path(url[len("file://"):]))
-    except Exception:  # noqa: BLE001 - not installed, or not editable
-        pass
-    paths = {root / name for root in roots for name in ("grader/hidden", "solutions", "tests", "examples")}
-    paths |= {Path(p) for p in extra}
-    return sorted(str(p.resolve()) for p in paths if p.is_dir())
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            continue
+        if _processes_of(uid):  # a run that does not lease (an older grader), or leftovers: not ours
+            os.close(fd)
+            continue
+        try:
+            yield uid
+        finally:
+            os.close(fd)  # releases the lock
+        return
+    raise RuntimeError(f"no free private uid in {UID_BASE}..{UID_BASE + UID_COUNT - 1}")
 
 
 def hidden_suite(module: Module) -> Path:
@@ -176,9 +292,9 @@ class Sandbox:
             "HF_HOME": str(self.root / "home" / "hf"),
         }
 
-    def command(self, isolation: Isolation) -> list[str]:
+    def command(self, isolation: Isolation, secrets_: tuple[Path, ...] = ()) -> list[str]:
         python = [sys.executable, "-s", "-m", "grader.judge.worker"]  # grader from lib/ (PYTHONPATH), no user site
-        return [*UNSHARE, *python] if isolation.namespaces else python
+        return [*bwrap_arguments(self.root, secrets_), *python] if isolation.bubblewrap else python
 
     def remove(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)

@@ -3,21 +3,26 @@
     python -m grader.judge.worker          (configuration as one JSON line on stdin, never in argv or env)
 
 It is a *zygote*: it imports torch, pytest and the hidden suites, collects the tests (the learner's code
-is loaded lazily by the `impl` fixture, so none of it runs here), then forks one child per test. Only
-the child imports the learner's file, under its own uid (when the judge runs as root), with limits on
-memory, CPU time, processes and file size, its output sent to /dev/null, and a time limit enforced
-here. A child sends one JSON line back on its own pipe, carrying a nonce it was given at fork; the
-zygote forwards at most one result per test to the judge on a pipe that no child holds open.
+is loaded lazily by the `impl` fixture, so none of it runs here) and snapshots what a verdict depends on.
+Then, per course module, it forks a *module process* that drops to the learner's uid and limits (memory,
+CPU time, processes, file size; output to /dev/null) and imports the learner's file once, within the
+time limit; from it, one *test process* is forked per test, on the worker's request over a socket. A test
+process sends one JSON line on a pipe the worker made for that test alone, carrying a nonce; the worker
+enforces each test's time limit, kills by process group and uid, and forwards at most one result per
+test to the judge on a pipe that no learner process holds open.
 
 What comes back is *evidence*, not a verdict: the judge (grader/judge/grade.py) only accepts results for the
 tests it collected itself, one per test, takes points from its own collection, and treats a missing
 result as a failure. A child that forges its own "passed" line can still lie about its own test: that
 residual risk is why the judge also audits the source (grader/judge/audit.py) and why the child checks, after
-the test, that the grader's functions it depends on were not swapped while the learner's code ran.
+the test, that nothing a verdict depends on changed while the learner's code ran (grader/judge/integrity.py),
+and sends its result with functions bound when this file was imported, before any learner code existed.
+The filesystem, pid and network isolation around the worker is bubblewrap's (grader/judge/sandbox.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
@@ -25,95 +30,31 @@ import resource
 import secrets
 import select
 import signal
+import socket
 import sys
 import time
 import traceback
 from pathlib import Path
 
-MAX_TEXT = 600  # characters of an exception's text that travel back (no bulk data in feedback)
+from grader.judge.integrity import WALKED_EXIT
+
+MAX_TEXT = 600  # characters of any text from a submission that travel back (no bulk data in feedback)
 MAX_LINE = 64 * 1024  # bytes a child may send back
+
+# Bound now, before any learner code exists: a test process sends its result with these, never with
+# `json.dumps` or `os.write` as they are after the test (a learner may have replaced those).
+_WRITE = os.write
+_EXIT = os._exit
+_ESCAPE = getattr(json.encoder, "c_encode_basestring_ascii", None) or json.encoder.py_encode_basestring_ascii
+_STR = str.__str__  # an exact str of a str or str subclass
+_INT_REPR = int.__repr__
+_FLOAT_REPR = float.__repr__
+_TYPE = type
+_LEN = len
 
 
 # --------------------------------------------------------------------------------------------------
 # Run in the zygote, before anything learner-controlled exists
-
-
-def _hide_paths(paths: list[str]) -> list[str]:
-    """Mount an empty, unreadable tmpfs over each path (we are root in a private mount namespace)."""
-    import subprocess
-
-    hidden = []
-    for path in paths:
-        if os.path.isdir(path):
-            done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4k,mode=000", "llmlab-hidden", path], capture_output=True)
-            if done.returncode == 0:
-                hidden.append(path)
-    return hidden
-
-
-SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm", "/run/lock")
-
-
-def _libc_mount(source: str, target: str, fstype: str | None, flags: int, data: str | None) -> bool:
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    encode = lambda v: None if v is None else v.encode()  # noqa: E731
-    return libc.mount(encode(source), encode(target), encode(fstype), ctypes.c_ulong(flags), encode(data)) == 0
-
-
-def _cover(folder: str, mode: str, keep: list[str]) -> bool:
-    """Mount an empty tmpfs (of `mode`) over `folder`, then bind back the kept paths inside it."""
-    ms_bind, ms_rec = 4096, 16384
-    inside = [k for k in keep if k == folder or k.startswith(folder.rstrip("/") + "/")]
-    tops = [k for k in inside if not any(k != o and k.startswith(o.rstrip("/") + "/") for o in inside)]
-    fds = {k: os.open(k, os.O_RDONLY | os.O_DIRECTORY) for k in tops}  # reachable after the cover only by fd
-    try:
-        if not _libc_mount("llmlab-tmp", folder, "tmpfs", 0, f"size=256m,mode={mode}"):
-            return False
-        for path, fd in fds.items():
-            os.makedirs(path, exist_ok=True)
-            if not _libc_mount(f"/proc/self/fd/{fd}", path, None, ms_bind | ms_rec, None):
-                raise RuntimeError(f"could not bind {path} back after covering {folder}")
-        return True
-    finally:
-        for fd in fds.values():
-            os.close(fd)
-
-
-def _private_folders(keep: list[str]) -> list[str]:
-    """Give the namespace its own empty /tmp, /var/tmp, /dev/shm, /run/lock, so that nothing the learner's
-    code writes there reaches the host, and open the folders a private uid could not enter (/root, mode
-    700, holding a pyenv Python) as empty ones. What the worker needs from under them is bound back in
-    place: the sandbox folder (often under /tmp), the Python environment and the course (a CI checkout or
-    a virtual environment may well live under /tmp or /root)."""
-    from grader.judge.sandbox import closed_folders
-
-    wanted = sorted({os.path.realpath(k) for k in keep if k and os.path.isdir(k)} - set(SHARED_WRITABLE))
-    done = []
-    for folder in SHARED_WRITABLE:
-        if os.path.isdir(folder) and not os.path.islink(folder) and _cover(folder, "1777", wanted):
-            done.append(folder)
-    for folder in closed_folders(wanted):
-        if _cover(folder, "755", wanted):
-            done.append(folder)
-    return done
-
-
-def _loopback_up() -> None:
-    """A fresh network namespace has its loopback down; local tests (torch.distributed) need it up."""
-    import fcntl
-    import socket
-    import struct
-
-    try:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-            ifreq = struct.pack("16sH", b"lo", 0)
-            flags = struct.unpack("16sH", fcntl.ioctl(s, 0x8913, ifreq)[:18])[1]  # SIOCGIFFLAGS
-            fcntl.ioctl(s, 0x8914, struct.pack("16sH", b"lo", flags | 0x1))  # SIOCSIFFLAGS, IFF_UP
-    except OSError:
-        pass
 
 
 def _vm_size() -> int:
@@ -121,38 +62,64 @@ def _vm_size() -> int:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
 
 
-def _count_processes_of(uid: int) -> int:
-    count = 0
+def _processes_of(uid: int) -> list[int]:
+    found = []
     for entry in os.listdir("/proc"):
         if entry.isdigit():
-            try:
+            with contextlib.suppress(OSError):
                 if os.stat(f"/proc/{entry}").st_uid == uid:
-                    count += 1
-            except OSError:
-                pass
-    return count
+                    found.append(int(entry))
+    return found
 
 
-def _fingerprint(modules: list) -> dict[str, int]:
-    """Identities of what the verdict depends on: the grader's functions, pytest's runner, builtins."""
-    import builtins
+def _parent_of(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return -1
 
-    import _pytest.python
-    import _pytest.runner
 
-    marks: dict[str, int] = {}
-    for module in modules:
-        for name, value in list(vars(module).items()):
-            marks[f"{module.__name__}.{name}"] = id(value)
-            code = getattr(value, "__code__", None)
-            if code is not None:
-                marks[f"{module.__name__}.{name}.__code__"] = id(code)
-    for name in ("runtest", "setup", "_getobj"):
-        marks[f"Function.{name}"] = id(getattr(_pytest.python.Function, name, None))
-    for name, value in vars(builtins).items():
-        marks[f"builtins.{name}"] = id(value)
-    marks["AssertionError"] = id(AssertionError)
-    return marks
+def _our_message(data: bytes, nonce: str, label: str) -> dict | None:
+    """The one JSON line a grader's process sent with `nonce` and `label`, or None (anything else)."""
+    line, _, rest = data.partition(b"\n")
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(message, dict) or rest.strip() or message.pop("nonce", None) != nonce or message.pop("label", None) != label:
+        return None
+    return message
+
+
+def _encode(message: dict) -> bytes:
+    """One JSON line of a flat dict of str, int, float, bool and None, with the functions bound at import."""
+    parts = []
+    for key, value in message.items():
+        kind = _TYPE(value)
+        if value is None or kind is bool:
+            text = "null" if value is None else "true" if value else "false"
+        elif kind is int:
+            text = _INT_REPR(value)
+        elif kind is float:
+            text = _FLOAT_REPR(value)
+            text = "null" if text in ("nan", "inf", "-inf") else text
+        else:
+            try:
+                text = _ESCAPE(_STR(value))
+            except TypeError:  # not a str: nothing the grader sends
+                text = '""'
+        parts.append(_ESCAPE(_STR(key)) + ": " + text)
+    return ("{" + ", ".join(parts) + "}\n").encode()
+
+
+def _cut(text) -> str:
+    """A text from a submission (an exception's message, a stub's name), at most MAX_TEXT characters."""
+    try:
+        text = _STR(text)
+    except TypeError:
+        return ""
+    return text if _LEN(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"
 
 
 class Zygote:
@@ -182,57 +149,122 @@ class Zygote:
         self.send({"type": "collected", "ids": [normal_id(item) for item in session.items]})
 
     def pytest_runtestloop(self, session) -> bool:
-        from grader.harness.plugin import course_module_of, timeout_for
+        from grader.harness.plugin import course_module_of
 
         groups: dict[str, list] = {}
         for item in session.items:
             module = course_module_of(item.path)
             groups.setdefault(module.name if module else "", []).append(item)
-        import importlib
+        from grader.judge.integrity import Snapshot
 
-        watched = [importlib.import_module(name) for name in ("grader.harness.checks", "grader.harness.plugin", "grader.harness.loader", "grader.harness.errors")]
-        watched += sorted({item.module for item in session.items}, key=lambda m: m.__name__)
-        self.baseline = _fingerprint(watched)
-        self.watched = watched
+        grader_modules = [sys.modules[name] for name in sorted(sys.modules) if name == "grader" or name.startswith("grader.")]
+        suites = sorted({item.module for item in session.items}, key=lambda m: m.__name__)
+        self.snapshot = Snapshot(grader_modules, suites, session.config.pluginmanager)
         if not self.can_setuid:
-            self.nproc = _count_processes_of(os.getuid()) + 64
+            self.nproc = len(_processes_of(os.getuid())) + 64
         # A pre-fork server's trick: move every object loaded so far (torch, transformers, the suites) out
         # of the collector's reach. Otherwise a child's first full collection touches them all and the OS
         # copies most of the zygote's memory for it: 0.3 s per test instead of 0.02 s.
         gc.collect()
         gc.freeze()
         for name, items in groups.items():
-            module = course_module_of(items[0].path)
-            load = self.fork_and_wait(lambda: _probe_load(session.config, module), f"{name}::load")
-            if load.get("outcome") != "passed":  # the file does not load: no test of this module can pass
-                self.send({"type": "module", "module": name, **_public(load)})
-                continue
-            for item in items:
-                result = self.fork_and_wait(lambda item=item: _run_item(item), normal_id(item), timeout_for(item, self.timeout))
-                self.send({"type": "result", "id": normal_id(item), **_public(result)})
+            self.run_module(session.config, course_module_of(items[0].path), items)
         return True
 
-    # -- one child ------------------------------------------------------------------------------------
+    # -- one module: a process that imports the learner's file once, and forks each test from there ---------
 
-    def fork_and_wait(self, body, label: str, timeout: float | None = None) -> dict:
-        timeout = self.timeout if timeout is None else timeout
-        read_end, write_end = os.pipe()
-        nonce = secrets.token_hex(16)
-        baseline, watched = self.baseline, self.watched
+    def run_module(self, config, module, items: list) -> None:
+        """Grade `items`, the tests of `module`: a *module process* (under the learner's uid and limits)
+        imports the learner's file once, then forks one test process per test on request. It is the
+        learner's code from then on, so nothing it says is believed beyond its own tests: each test process
+        writes its result on a pipe the worker made (passed over a socket) and reads alone, the worker
+        kills by process group and uid, and bounds every wait."""
+        from grader.harness.plugin import timeout_for
+
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        load_nonce = secrets.token_hex(16)
+        longest = max([self.timeout, *(timeout_for(item, self.timeout) for item in items)])
+        snapshot, impl_dir, work = self.snapshot, str(Path(self.config["impl"]).resolve()), self.work
+        from grader.judge.integrity import watch_memory_reads as watch
+
         start = time.monotonic()
         pid = os.fork()
-        if pid == 0:  # the child: never returns
+        if pid == 0:  # the module process: never returns
             try:
-                os.close(read_end)
+                ours.close()
                 os.close(self.result_fd)
-                self._enter_child(timeout)
-                result = _guarded(body, baseline, watched)
-                data = (json.dumps({"nonce": nonce, "label": label, **result}) + "\n").encode()[:MAX_LINE]
-                os.write(write_end, data)
+                self._enter_child(longest)
+                watch(impl_dir, _EXIT)
+                _serve_module(theirs, config, module, items, snapshot, load_nonce, work)
             finally:
-                os._exit(0)
-        os.close(write_end)
-        result = self._read_child(read_end, pid, nonce, label, start, timeout)
+                _EXIT(0)
+        theirs.close()
+        try:
+            load = self._load_result(ours, pid, load_nonce, start)
+            load["duration"] = round(time.monotonic() - start, 3)
+            if load.get("outcome") != "passed":  # the file does not load: no test of this module can pass
+                self.send({"type": "module", "module": module.name, **_public(load)})
+                return
+            self._sweep(keep=pid)  # processes its import left behind
+            for index, item in enumerate(items):
+                result = self.run_test(ours, pid, index, normal_id(item), timeout_for(item, self.timeout))
+                self.send({"type": "result", "id": normal_id(item), **_public(result)})
+                if result.get("kind") == "module":  # the module process is gone: the rest cannot run
+                    for rest in items[index + 1:]:
+                        self.send({"type": "result", "id": normal_id(rest), **_public(result)})
+                    return
+        finally:
+            ours.close()
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+            self._sweep(keep=None)
+
+    def _receive(self, sock: socket.socket, deadline: float) -> bytes | None:
+        """One message from the module process, or None (nothing before `deadline`, or it is gone)."""
+        remaining = deadline - time.monotonic()
+        if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+            return None
+        try:
+            return sock.recv(MAX_LINE) or None
+        except OSError:
+            return None
+
+    def _load_result(self, sock: socket.socket, pid: int, nonce: str, start: float) -> dict:
+        data = self._receive(sock, start + self.timeout)
+        if data is None:
+            timed_out = time.monotonic() - start >= self.timeout
+            with contextlib.suppress(OSError):
+                os.killpg(pid, signal.SIGKILL)
+            _, status = os.waitpid(pid, 0)
+            if timed_out:
+                return {"outcome": "error", "kind": "timeout", "text": f"stopped after {self.timeout:g} s"}
+            if os.WIFEXITED(status) and os.WEXITSTATUS(status) == WALKED_EXIT:
+                return {"outcome": "error", "kind": "tamper", "text": "read the interpreter's memory (stack frames, gc or ctypes)"}
+            return {"outcome": "error", "kind": "exited", "text": _describe_status(status)}
+        message = _our_message(data, nonce, "load")
+        if message is None:
+            return {"outcome": "error", "kind": "forged", "text": "messages on the grader's channel that the grader did not write"}
+        return message
+
+    def run_test(self, sock: socket.socket, module_pid: int, index: int, label: str, timeout: float) -> dict:
+        read_end, write_end = os.pipe()
+        nonce = secrets.token_hex(16)
+        start = time.monotonic()
+        try:
+            socket.send_fds(sock, [f"{index} {nonce} {timeout:g}".encode()], [write_end])
+        except OSError:
+            os.close(read_end)
+            return {"outcome": "error", "kind": "module", "text": "the process that loaded your file stopped"}
+        finally:
+            os.close(write_end)
+        reply = self._receive(sock, start + 30)
+        pid = int(reply[4:]) if reply and reply.startswith(b"pid ") and reply[4:].isdigit() else 0
+        if not pid or _parent_of(pid) != module_pid:
+            os.close(read_end)
+            return {"outcome": "error", "kind": "module", "text": "the process that loaded your file stopped"}
+        result = self._read_child(read_end, pid, nonce, label, start, timeout, sock, module_pid)
         result["duration"] = round(time.monotonic() - start, 3)
         return result
 
@@ -241,7 +273,6 @@ class Zygote:
         devnull = os.open(os.devnull, os.O_RDWR)
         for fd in (0, 1, 2):
             os.dup2(devnull, fd)
-        os.chdir(self.work)
         limit = _vm_size() + self.memory
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
         cpu = int(timeout) + 2
@@ -256,8 +287,9 @@ class Zygote:
             os.setuid(self.uid)
         else:
             resource.setrlimit(resource.RLIMIT_NPROC, (self.nproc, self.nproc))
+        os.chdir(self.work)  # after setuid: the folder is the learner's uid's (the worker keeps no DAC override)
 
-    def _read_child(self, fd: int, pid: int, nonce: str, label: str, start: float, timeout: float) -> dict:
+    def _read_child(self, fd: int, pid: int, nonce: str, label: str, start: float, timeout: float, sock, module_pid: int) -> dict:
         buffer = b""
         deadline = start + timeout
         timed_out = False
@@ -274,46 +306,41 @@ class Zygote:
                 break
             buffer += chunk
         os.close(fd)
-        status = self._reap(pid)
+        with contextlib.suppress(OSError):  # what is left of the test's process group
+            os.killpg(pid, signal.SIGKILL)
+        reply = self._receive(sock, time.monotonic() + 10)  # the module process reaped it: "status N"
+        status = int(reply[7:]) if reply and reply.startswith(b"status ") and reply[7:].lstrip(b"-").isdigit() else -1
+        self._sweep(keep=module_pid)
         if timed_out:
             return {"outcome": "error", "kind": "timeout", "text": f"stopped after {timeout:g} s"}
-        try:
-            message = json.loads(buffer.split(b"\n", 1)[0])
-            if message.pop("nonce", None) != nonce or message.pop("label", None) != label:
-                raise ValueError
+        message = _our_message(buffer, nonce, label)
+        if message is not None:
             return message
-        except ValueError:
-            if buffer.strip():  # something else wrote on the child's result pipe: the learner's code
-                return {"outcome": "error", "kind": "tamper", "text": "a result the grader's test process did not write"}
-            return {"outcome": "error", "kind": "exited", "text": _describe_status(status)}
+        if status != -1 and os.WIFEXITED(status) and os.WEXITSTATUS(status) == WALKED_EXIT:
+            return {"outcome": "error", "kind": "tamper", "text": "read the interpreter's memory (stack frames, gc or ctypes)"}
+        if buffer.strip():  # the learner's code wrote on the test's result pipe (the test process writes one line)
+            return {"outcome": "error", "kind": "forged", "text": "lines on the test's result channel that the grader did not write"}
+        if status == -1:
+            return {"outcome": "error", "kind": "module", "text": "the process that loaded your file stopped"}
+        return {"outcome": "error", "kind": "exited", "text": _describe_status(status)}
 
-    def _reap(self, pid: int) -> int:
-        """Kill what is left of the child's process group (and, under a private uid, all its processes)."""
-        try:
-            os.killpg(pid, signal.SIGKILL)
-        except OSError:
-            pass
-        _, status = os.waitpid(pid, 0)
-        # Processes of the private uid that left the group: only a process of that uid can start one, so
-        # when none is left none can appear, and the fork below (about 20 ms) is needed only if some are.
-        if self.can_setuid and _count_processes_of(self.uid):
-            killer = os.fork()
-            if killer == 0:
-                try:
-                    os.setgid(self.uid)
-                    os.setuid(self.uid)
-                    os.kill(-1, signal.SIGKILL)  # every process of this uid but the caller
-                finally:
-                    os._exit(0)
-            os.waitpid(killer, 0)
-        while True:  # orphans re-parented to us (we are pid 1 of the namespace)
+    def _sweep(self, keep: int | None) -> None:
+        """Kill every process of the private uid but `keep` (the module process): what a test left behind."""
+        if self.can_setuid:
+            for _ in range(20):  # a fork bomb may still be forking: sweep until nothing is left
+                pids = [p for p in _processes_of(self.uid) if p != keep]
+                if not pids:
+                    break
+                for found in pids:
+                    with contextlib.suppress(OSError):
+                        os.kill(found, signal.SIGKILL)
+        while True:  # orphans re-parented to us
             try:
                 reaped, _ = os.waitpid(-1, os.WNOHANG)
             except ChildProcessError:
                 break
             if reaped == 0:
                 break
-        return status
 
 
 def _describe_status(status: int) -> str:
@@ -351,16 +378,19 @@ def normal_id(item) -> str:
     return item.nodeid
 
 
-def _guarded(body, baseline: dict, watched: list) -> dict:
+def _guarded(body, snapshot) -> dict:
+    """Run `body`; a passing result stands only if nothing the verdict depends on changed meanwhile."""
     try:
         result = body()
     except BaseException as error:  # noqa: BLE001 - anything the learner's code throws at us
         result = {"outcome": "error", "kind": "exception", "text": _short(error)}
     if result.get("outcome") == "passed":
-        now = _fingerprint(watched)
-        changed = sorted(k for k, v in baseline.items() if now.get(k) != v)
+        try:
+            changed = snapshot.changed()
+        except BaseException as error:  # noqa: BLE001 - the check itself broken by the learner's code
+            changed = [f"the integrity check failed: {type(error).__name__}"]
         if changed:
-            return {"outcome": "error", "kind": "tamper", "text": ", ".join(changed[:5])}
+            return {"outcome": "error", "kind": "tamper", "text": _cut(", ".join(changed[:5]))}
     return result
 
 
@@ -369,7 +399,7 @@ def _short(error: BaseException) -> str:
         text = f"{type(error).__name__}: {error}"
     except BaseException:  # noqa: BLE001 - a __str__ that raises
         text = type(error).__name__
-    return text if len(text) <= MAX_TEXT else text[:MAX_TEXT] + " [...]"
+    return _cut(text)
 
 
 def _learner_line(error: BaseException, impl_dir: str) -> int | None:
@@ -383,19 +413,19 @@ def _classify(error: BaseException, impl_dir: str) -> dict:
     from grader.harness.errors import ImplementationLoadError, NotImplementedYet
 
     if isinstance(error, NotImplementedYet):
-        return {"kind": "todo", "text": error.name}
+        return {"kind": "todo", "text": _cut(error.name)}
     if isinstance(error, ImplementationLoadError):
-        return {"kind": "load", "text": str(error)[:MAX_TEXT]}
+        return {"kind": "load", "text": _cut(str(error))}
     if isinstance(error, Skipped):
-        return {"kind": "skipped", "text": str(error)[:MAX_TEXT]}
+        return {"kind": "skipped", "text": _cut(str(error))}
     if isinstance(error, (AssertionError, Failed)):
         # --assert=plain: the text is the test's own message (grader.harness.checks writes teaching ones),
         # never an explanation rebuilt from the hidden test's source
-        return {"kind": "assertion", "text": str(error)[:MAX_TEXT * 2], "line": _learner_line(error, impl_dir)}
+        return {"kind": "assertion", "text": _cut(str(error)), "line": _learner_line(error, impl_dir)}
     if isinstance(error, MemoryError):
         return {"kind": "memory", "text": _short(error), "line": _learner_line(error, impl_dir)}
     if isinstance(error, SystemExit):
-        return {"kind": "exit", "text": f"exit({error.code!r})"[:MAX_TEXT]}
+        return {"kind": "exit", "text": _cut(f"exit({error.code!r})")}
     return {"kind": "exception", "text": _short(error), "line": _learner_line(error, impl_dir)}
 
 
@@ -432,6 +462,53 @@ def _run_item(item) -> dict:
     return {"outcome": "failed" if when == "call" and info["kind"] == "assertion" else "error", **info}
 
 
+def _serve_module(sock, config, module, items: list, snapshot, nonce: str, work) -> None:
+    """The module process: import the learner's file once (reported on `sock`), then, for each request
+    `index nonce timeout` with a pipe attached, fork a test process that runs `items[index]` and writes its
+    result on that pipe; answer `pid N`, then `status N` once it ended. Bound here, before the import."""
+    guarded, encode, write, fork, waitpid, close, setsid = _guarded, _encode, _WRITE, os.fork, os.waitpid, os.close, os.setsid
+    recv_fds, setrlimit, sleep, labels = socket.recv_fds, resource.setrlimit, time.sleep, [normal_id(item) for item in items]
+    load = guarded(lambda: _probe_load(config, module), snapshot)
+    sock.send(encode({"nonce": nonce, "label": "load", **load}))
+    if load.get("outcome") != "passed":
+        return
+    gc.freeze()  # what the import made, out of the children's collections too
+    while True:
+        try:
+            data, fds, _, _ = recv_fds(sock, 1024, 1)
+            index, test_nonce, timeout = data.split(b" ")
+            index = int(index)
+        except (OSError, ValueError):
+            return
+        if not fds:
+            return
+        for _ in range(100):  # processes its import started, killed by the worker, count against the process
+            with contextlib.suppress(ChildProcessError):  # limit until reaped: reap them, wait for the last ones
+                while waitpid(-1, os.WNOHANG)[0]:
+                    pass
+            try:
+                pid = fork()
+                break
+            except BlockingIOError:
+                sleep(0.05)
+        else:
+            return
+        if pid == 0:  # the test process
+            try:
+                sock.close()
+                setsid()  # its own process group: killed as a whole when the test ends
+                cpu = int(float(timeout)) + 2
+                setrlimit(resource.RLIMIT_CPU, (cpu, cpu + 1))
+                result = guarded(lambda: _run_item(items[index]), snapshot)
+                write(fds[0], encode({"nonce": test_nonce.decode(), "label": labels[index], **result})[:MAX_LINE])
+            finally:
+                _EXIT(0)
+        close(fds[0])
+        sock.send(b"pid %d" % pid)
+        _, status = waitpid(pid, 0)
+        sock.send(b"status %d" % status)
+
+
 def _probe_load(config, module) -> dict:
     """Import the learner's file once, alone: a file that does not load fails all its tests at once."""
     from grader.harness.errors import ImplementationLoadError
@@ -441,7 +518,7 @@ def _probe_load(config, module) -> dict:
     try:
         load_implementation(impl_root(config), module)
     except ImplementationLoadError as error:
-        return {"outcome": "error", "kind": "load", "text": str(error)[:MAX_TEXT]}
+        return {"outcome": "error", "kind": "load", "text": _cut(str(error))}
     return {"outcome": "passed"}
 
 
@@ -453,18 +530,11 @@ def main() -> int:
     sys.stdin.close()
     result_fd = int(config["result_fd"])
     os.set_inheritable(result_fd, False)
-    hidden = []
-    if config.get("mount_ns"):
-        from grader.judge.sandbox import runtime_paths
-
-        hidden = _private_folders([config["root"], *runtime_paths()]) + _hide_paths(config.get("hide", []))
-    if config.get("net_ns"):
-        _loopback_up()
     import torch  # noqa: F401 - import the heavy libraries once, before forking
 
     torch.set_num_threads(1)
     zygote = Zygote(config, result_fd)
-    zygote.send({"type": "start", "hidden": hidden})
+    zygote.send({"type": "start"})
     import pytest
 
     args = [

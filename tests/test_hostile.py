@@ -1,0 +1,167 @@
+"""The hostile class: attacks on the grader itself, graded end to end through `llmlab grade` (module 01).
+
+Each file of `tests/hostile/` (but `_wrong.py`) is one attack, appended to a wrong implementation that
+earns nothing on its own (`_wrong.py`): reading the reference from the checkout's git history or from the
+disk, patching torch's comparisons, json, pytest's runner or the grader's tolerance tables in place,
+walking frames to call the test's own oracle, a global TorchFunctionMode, an obfuscated (`exec` of base64)
+patch, a Tensor subclass that agrees with everything. The earlier attacks (forged results, exits, memory
+and fork bombs, floods, vandalism) are in tests/test_grade.py. Every attack must earn 0 points and be
+flagged in the review column; the honest controls (the reference, and one written another way with
+warnings, a namedtuple, functools and traceback) full marks with an empty review column; no process of
+the run's private uids is left; nothing is written outside the sandbox.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from grader.harness.course import REPO_ROOT, get_module
+from grader.judge import report
+
+MODULE = get_module("01_rmsnorm")
+HOSTILE = Path(__file__).parent / "hostile"
+WRONG = (HOSTILE / "_wrong.py").read_text()
+REFERENCE = (REPO_ROOT / "solutions" / MODULE.name / MODULE.file).read_text()
+# the obfuscated patch: every `assert_close` and `assert_raises` the suites and the checks hold becomes a no-op
+PAYLOAD = base64.b64encode(b"""
+import sys
+for module in list(sys.modules.values()):
+    for name in ("assert_close", "assert_raises", "assert_shape"):
+        if hasattr(module, name):
+            try:
+                setattr(module, name, lambda *a, **k: None)
+            except Exception:
+                pass
+""").decode()
+READS_THE_DISK = {"git_reference", "disk_walk"}  # harmless only where bubblewrap keeps the disk out of reach
+CONTROLS = {"reference": REFERENCE, "honest_alternative": (HOSTILE / "honest_alternative.py").read_text()}
+
+
+def attacks() -> dict[str, str]:
+    found = {}
+    for path in sorted(HOSTILE.glob("*.py")):
+        if path.name.startswith("_") or path.stem in CONTROLS:
+            continue
+        source = path.read_text().replace("{REPO}", str(REPO_ROOT)).replace("{PAYLOAD}", PAYLOAD)
+        found[path.stem] = WRONG + "\n\n" + source
+    return found
+
+
+def _gradebook(out: Path) -> dict[str, dict[str, str]]:
+    with open(out / "gradebook.csv", newline="") as f:
+        return {row["learner"]: row for row in csv.DictReader(f)}
+
+
+def _processes_of(uids: set[int]) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.stat(f"/proc/{entry}").st_uid in uids:
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found
+
+
+@pytest.fixture(scope="module")
+def graded(tmp_path_factory):
+    """The hostile class and its honest controls, graded once (two jobs, small limits)."""
+    base = tmp_path_factory.mktemp("hostile")
+    klass, out = base / "class", base / "out"
+    for learner, source in {**attacks(), **CONTROLS}.items():
+        folder = klass / learner / MODULE.name
+        folder.mkdir(parents=True)
+        (folder / MODULE.file).write_text(source)
+    command = [sys.executable, "-m", "grader.cli", "grade", str(klass), "--out", str(out), "--modules", MODULE.name,
+               "--timeout", "5", "--memory", "1024", "--jobs", "2", "--seed", "99", "--quiet"]
+    start = time.monotonic()
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, cwd=REPO_ROOT)
+    seconds = time.monotonic() - start
+    assert done.returncode == 0, done.stdout + done.stderr
+    print(f"\ngraded the hostile class ({len(attacks())} attacks, {len(CONTROLS)} controls) in {seconds:.0f} s")
+    records = {learner: report.load_record(out, learner) for learner in [*attacks(), *CONTROLS]}
+    return {"out": out, "records": records, "book": _gradebook(out), "klass": klass}
+
+
+@pytest.mark.parametrize("attack", sorted(attacks()))
+def test_an_attack_earns_nothing_and_is_flagged(graded, attack):
+    record = graded["records"][attack]
+    assert record is not None, f"{attack} was not graded"
+    if attack in READS_THE_DISK and not record.isolation.startswith("bubblewrap"):
+        pytest.skip(f"without bubblewrap the disk is readable ({record.isolation})")
+    earned = [f"{t.test}: {t.outcome}" for t in record.tests if t.points > 0]
+    assert record.total == 0, f"{attack} earned {record.total} points: {earned[:5]}"
+    assert graded["book"][attack]["review"], f"{attack} is not flagged for review"
+
+
+@pytest.mark.parametrize("learner", sorted(CONTROLS))
+def test_an_honest_control_gets_full_marks_and_no_flag(graded, learner):
+    record = graded["records"][learner]
+    lost = [f"{t.test}: {t.message}" for t in record.tests if t.points < t.max_points]
+    assert not lost, f"{learner} lost points:\n" + "\n".join(lost[:3])
+    assert graded["book"][learner]["review"] == "", graded["book"][learner]["review"]
+
+
+def test_run_time_tampering_shows_in_the_review_column(graded):
+    """A patch the audit cannot read (base64) is caught at run time, and the gradebook says so too."""
+    review = graded["book"]["base64_exec"]["review"]
+    assert "run time" in review and "01_rmsnorm" in review
+    kinds = {t.kind for t in graded["records"]["base64_exec"].tests}
+    assert "tamper" in kinds
+
+
+def test_no_process_is_left_and_nothing_is_written_outside(graded):
+    uids = {int(u) for r in graded["records"].values() for u in re.findall(r"\(uid (\d+)\)", r.isolation)}
+    assert not _processes_of(uids), "processes of the run's private uids survived"
+    assert not any(p.name != "rmsnorm.py" for p in graded["klass"].rglob("*") if p.is_file())
+
+
+# --------------------------------------------------------------------------------------------------
+# The static audit: the attacks' constructs, never the course's
+
+
+def test_the_audit_leaves_the_course_alone():
+    """No reference and no stub is flagged (03's setattr on a submodule, 08's socket and multiprocessing)."""
+    from grader.harness.course import existing_modules
+    from grader.judge.audit import audit_files
+
+    for module in existing_modules():
+        for root in ("solutions", "exercises"):
+            path = REPO_ROOT / root / module.name / module.file
+            if path.is_file():
+                assert audit_files({f"{module.name}/{module.file}": path.read_bytes()}) == [], f"{root}/{module.name}"
+
+
+def test_the_audit_reads_only_the_graded_modules():
+    from grader.judge.audit import audit_files
+
+    files = {"01_rmsnorm/rmsnorm.py": REFERENCE.encode(), "02_rope/rope.py": b"import ctypes\n"}
+    assert audit_files(files, ["01_rmsnorm"]) == []
+    assert audit_files(files, ["01_rmsnorm", "02_rope"]) == ["02_rope/rope.py:1: imports ctypes"]
+
+
+@pytest.mark.parametrize("attack", sorted(attacks()))
+def test_the_audit_flags_every_attack_with_its_line(attack):
+    from grader.judge.audit import audit_source
+
+    flags = audit_source(attacks()[attack])
+    assert flags and all(re.match(r"line \d+: ", flag) for flag in flags), flags
+
+
+def test_private_uids_are_leased_machine_wide():
+    """Two leases at once (two `llmlab grade` runs, or two jobs of one) never get the same uid."""
+    from grader.judge.sandbox import UID_BASE, UID_COUNT, private_uid
+
+    with private_uid() as first, private_uid() as second:
+        assert first != second
+        assert UID_BASE <= first < UID_BASE + UID_COUNT and UID_BASE <= second < UID_BASE + UID_COUNT
