@@ -87,8 +87,16 @@ def all_reduce_mean_of_ranks(all_reduce_gradients, linger=0.0):
     return model.weight.grad.clone()
 
 
+def past_the_rendezvous():
+    """Wait until every rank has finished init_process_group. A rank that fails or dies while another is
+    still connecting (or inside any collective) makes that one fail too ("Connection closed by peer"), and
+    the launch may then, correctly, report the other rank first: the scenario, not the launch, would be wrong."""
+    dist.barrier()
+
+
 def fail_on_rank(bad_rank, message, others_sleep=60.0):
     """Rank `bad_rank` raises ValueError(message); the others sleep (launch must not wait for them), then return."""
+    past_the_rendezvous()
     if dist.get_rank() == bad_rank:
         raise ValueError(message)
     time.sleep(others_sleep)
@@ -97,6 +105,7 @@ def fail_on_rank(bad_rank, message, others_sleep=60.0):
 
 def die_on_rank(bad_rank, others_sleep=60.0):
     """Rank `bad_rank` exits at once with code 7, without an exception (as if killed); the others sleep."""
+    past_the_rendezvous()
     if dist.get_rank() == bad_rank:
         os._exit(7)
     time.sleep(others_sleep)
@@ -105,6 +114,7 @@ def die_on_rank(bad_rank, others_sleep=60.0):
 
 def hang_on_rank(bad_rank, seconds=600.0):
     """Rank `bad_rank` never returns (sleeps `seconds`); the others return their rank."""
+    past_the_rendezvous()
     if dist.get_rank() == bad_rank:
         time.sleep(seconds)
     return dist.get_rank()
