@@ -87,25 +87,36 @@ def all_reduce_mean_of_ranks(all_reduce_gradients, linger=0.0):
     return model.weight.grad.clone()
 
 
-def past_the_rendezvous():
-    """Wait until every rank has finished init_process_group. A rank that fails or dies while another is
-    still connecting (or inside any collective) makes that one fail too ("Connection closed by peer"), and
-    the launch may then, correctly, report the other rank first: the scenario, not the launch, would be wrong."""
+def others_are_idle(bad_rank, flag_dir):
+    """Return once every rank but `bad_rank` has finished init_process_group and every collective.
+
+    A rank that fails or dies while another is still connecting or inside a collective makes that one fail
+    too (gloo: "Connection closed by peer"), and the launch may then, rightly, report that rank first. So
+    the other ranks say (a file each in `flag_dir`) that they are past the rendezvous and idle, and the bad
+    rank waits for them before it fails: the scenario names one culprit.
+    """
+    rank, world_size = dist.get_rank(), dist.get_world_size()
     dist.barrier()
+    if rank != bad_rank:
+        Path(flag_dir, f"{rank}.idle").touch()
+        return
+    deadline = time.monotonic() + 30.0
+    while len(list(Path(flag_dir).glob("*.idle"))) < world_size - 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
 
 
-def fail_on_rank(bad_rank, message, others_sleep=60.0):
+def fail_on_rank(bad_rank, message, flag_dir, others_sleep=30.0):
     """Rank `bad_rank` raises ValueError(message); the others sleep (launch must not wait for them), then return."""
-    past_the_rendezvous()
+    others_are_idle(bad_rank, flag_dir)
     if dist.get_rank() == bad_rank:
         raise ValueError(message)
     time.sleep(others_sleep)
     return dist.get_rank()
 
 
-def die_on_rank(bad_rank, others_sleep=60.0):
+def die_on_rank(bad_rank, flag_dir, others_sleep=30.0):
     """Rank `bad_rank` exits at once with code 7, without an exception (as if killed); the others sleep."""
-    past_the_rendezvous()
+    others_are_idle(bad_rank, flag_dir)
     if dist.get_rank() == bad_rank:
         os._exit(7)
     time.sleep(others_sleep)
@@ -114,7 +125,6 @@ def die_on_rank(bad_rank, others_sleep=60.0):
 
 def hang_on_rank(bad_rank, seconds=600.0):
     """Rank `bad_rank` never returns (sleeps `seconds`); the others return their rank."""
-    past_the_rendezvous()
     if dist.get_rank() == bad_rank:
         time.sleep(seconds)
     return dist.get_rank()

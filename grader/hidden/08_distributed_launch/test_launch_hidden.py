@@ -253,9 +253,10 @@ def test_a_single_rank_launch(impl):
 @pytest.mark.points(3)
 @pytest.mark.parametrize("world_size, bad_rank", [(2, 1), (3, 0)])
 @pytest.mark.timeout(COLD_START)
-def test_a_failing_rank_raises_runtime_error(impl, world_size, bad_rank):
+def test_a_failing_rank_raises_runtime_error(impl, tmp_path, world_size, bad_rank):
     """A worker that raises gives RuntimeError naming its rank and its message, at once (the others are killed)."""
-    launched = workers.guarded_launch(impl.launch, workers.fail_on_rank, world_size, args=(bad_rank, "a hidden failure", 30.0), timeout=60.0)
+    launched = workers.guarded_launch(impl.launch, workers.fail_on_rank, world_size, args=(bad_rank, "a hidden failure", str(tmp_path)),
+                                      timeout=60.0)
     expect_runtime_error(launched, bad_rank, "a hidden failure")
     waited = launched.seconds - (launched.started or 0.0)
     assert waited < 15, f"launch took {waited:.0f} s after its workers started to report the failure: it waited for the other ranks (sleeping 30 s)"
@@ -263,9 +264,9 @@ def test_a_failing_rank_raises_runtime_error(impl, world_size, bad_rank):
 
 @pytest.mark.points(1)
 @pytest.mark.timeout(COLD_START)
-def test_a_worker_that_dies_raises_runtime_error(impl):
+def test_a_worker_that_dies_raises_runtime_error(impl, tmp_path):
     """A worker that exits without an exception (os._exit) gives RuntimeError naming its rank, not a hang."""
-    launched = workers.guarded_launch(impl.launch, workers.die_on_rank, 2, args=(1, 30.0), timeout=60.0)
+    launched = workers.guarded_launch(impl.launch, workers.die_on_rank, 2, args=(1, str(tmp_path)), timeout=60.0)
     expect_runtime_error(launched, 1)
     waited = launched.seconds - (launched.started or 0.0)
     assert waited < 15, f"launch took {waited:.0f} s after its workers started to notice that rank 1 died"
