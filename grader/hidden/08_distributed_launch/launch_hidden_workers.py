@@ -100,12 +100,13 @@ def others_are_idle(bad_rank, flag_dir):
     if rank != bad_rank:
         Path(flag_dir, f"{rank}.idle").touch()
         return
-    deadline = time.monotonic() + 30.0
+    deadline = time.monotonic() + 60.0
     while len(list(Path(flag_dir).glob("*.idle"))) < world_size - 1 and time.monotonic() < deadline:
         time.sleep(0.01)
+    Path(flag_dir, "failed_at").write_text(repr(time.time()))  # the test measures launch's reaction from here
 
 
-def fail_on_rank(bad_rank, message, flag_dir, others_sleep=30.0):
+def fail_on_rank(bad_rank, message, flag_dir, others_sleep=60.0):
     """Rank `bad_rank` raises ValueError(message); the others sleep (launch must not wait for them), then return."""
     others_are_idle(bad_rank, flag_dir)
     if dist.get_rank() == bad_rank:
@@ -114,7 +115,7 @@ def fail_on_rank(bad_rank, message, flag_dir, others_sleep=30.0):
     return dist.get_rank()
 
 
-def die_on_rank(bad_rank, flag_dir, others_sleep=30.0):
+def die_on_rank(bad_rank, flag_dir, others_sleep=60.0):
     """Rank `bad_rank` exits at once with code 7, without an exception (as if killed); the others sleep."""
     others_are_idle(bad_rank, flag_dir)
     if dist.get_rank() == bad_rank:
@@ -323,11 +324,12 @@ def kill(pids):
 
 
 class Launched:
-    """What one guarded launch gave: the value or the error, the time it took, when its last worker started
-    (seconds after the call; None if none did), the workers' exit notes."""
+    """What one guarded launch gave: the value or the error, the seconds it took, when its last worker started
+    (seconds after the call; None if none did), when it returned or raised (time.time()), the workers' exit notes."""
 
-    def __init__(self, value, error, seconds, started, exit_states):
-        self.value, self.error, self.seconds, self.started, self.exit_states = value, error, seconds, started, exit_states
+    def __init__(self, value, error, seconds, started, ended, exit_states):
+        self.value, self.error, self.seconds, self.started, self.ended = value, error, seconds, started, ended
+        self.exit_states = exit_states
 
     def result(self):
         if self.error is not None:
@@ -346,6 +348,7 @@ def guarded_launch(launch, fn, world_size, args=(), timeout=60.0, grace=30.0, **
             outcome["value"] = launch(record_pid_then, world_size, args=(pid_dir, fn, *args), timeout=timeout, **kwargs)
         except BaseException as error:
             outcome["error"] = error
+        outcome["ended"] = time.time()
 
     called = time.time()
     start = time.monotonic()
@@ -373,4 +376,4 @@ def guarded_launch(launch, fn, world_size, args=(), timeout=60.0, grace=30.0, **
         )
     started = max((p.stat().st_mtime - called for p in pid_files), default=None)
     exit_states = {int(p.stem): p.read_text() for p in Path(pid_dir).glob("*.exit")}
-    return Launched(outcome.get("value"), outcome.get("error"), seconds, started, exit_states)
+    return Launched(outcome.get("value"), outcome.get("error"), seconds, started, outcome["ended"], exit_states)

@@ -41,7 +41,7 @@ EXACT_ENV = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE")
 TORCHRUN_DEFAULT_PORT = 29500
 # Seconds a test that starts the learner's workers may take under `llmlab grade` (whose default is 10 s): each
 # test runs in its own process there, so each pays a cold start (a fresh interpreter importing torch).
-COLD_START = 30
+COLD_START = 60
 LLAMA = dict(vocab_size=64, hidden_size=32, intermediate_size=48, num_hidden_layers=2, num_attention_heads=4,
              num_key_value_heads=2, max_position_embeddings=32, attn_implementation="eager")
 
@@ -62,6 +62,12 @@ def expect_runtime_error(launched, rank, *fragments):
     for fragment in fragments:
         assert fragment in message, f"the RuntimeError should contain {fragment!r}, got: {message[:400]}"
     return message
+
+
+def seconds_since_the_failure(launched, flag_dir):
+    """Seconds from the bad rank's failure (it notes the time in `flag_dir`) to launch's RuntimeError."""
+    failed_at = float((flag_dir / "failed_at").read_text())
+    return launched.ended - failed_at
 
 
 def unwrap(results):
@@ -258,8 +264,8 @@ def test_a_failing_rank_raises_runtime_error(impl, tmp_path, world_size, bad_ran
     launched = workers.guarded_launch(impl.launch, workers.fail_on_rank, world_size, args=(bad_rank, "a hidden failure", str(tmp_path)),
                                       timeout=60.0)
     expect_runtime_error(launched, bad_rank, "a hidden failure")
-    waited = launched.seconds - (launched.started or 0.0)
-    assert waited < 15, f"launch took {waited:.0f} s after its workers started to report the failure: it waited for the other ranks (sleeping 30 s)"
+    waited = seconds_since_the_failure(launched, tmp_path)
+    assert waited < 30, f"launch took {waited:.0f} s to report the failure: it waited for the other ranks (sleeping 60 s)"
 
 
 @pytest.mark.points(1)
@@ -268,12 +274,12 @@ def test_a_worker_that_dies_raises_runtime_error(impl, tmp_path):
     """A worker that exits without an exception (os._exit) gives RuntimeError naming its rank, not a hang."""
     launched = workers.guarded_launch(impl.launch, workers.die_on_rank, 2, args=(1, str(tmp_path)), timeout=60.0)
     expect_runtime_error(launched, 1)
-    waited = launched.seconds - (launched.started or 0.0)
-    assert waited < 15, f"launch took {waited:.0f} s after its workers started to notice that rank 1 died"
+    waited = seconds_since_the_failure(launched, tmp_path)
+    assert waited < 30, f"launch took {waited:.0f} s to notice that rank 1 died (the others sleep 60 s)"
 
 
 @pytest.mark.points(2)
-@pytest.mark.timeout(60)  # a fresh worker's start, then a matmul
+@pytest.mark.timeout(90)  # fresh workers' start, then a matmul
 def test_workers_are_fresh_after_the_parent_ran_a_multithreaded_op(impl):
     """After this process has run ops on several intra-op threads, launch's workers still run a matmul (fresh processes, not forks)."""
     threads = torch.get_num_threads()
@@ -281,7 +287,7 @@ def test_workers_are_fresh_after_the_parent_ran_a_multithreaded_op(impl):
     try:
         a, x = torch.randn(256, 256), torch.randn(1 << 20)
         float((a @ a).sum()) + float((x * 2).sum())  # the intra-op (OpenMP) pool of this process runs
-        launched = workers.guarded_launch(impl.launch, workers.multithreaded_ops, 2, timeout=45.0, grace=10.0)
+        launched = workers.guarded_launch(impl.launch, workers.multithreaded_ops, 2, timeout=60.0, grace=10.0)
     finally:
         torch.set_num_threads(threads)
     if isinstance(launched.error, NotImplementedError):
@@ -299,32 +305,15 @@ def test_workers_are_fresh_after_the_parent_ran_a_multithreaded_op(impl):
 # Ports: every launch meets its own ranks
 
 
-@pytest.mark.points(2)
-@pytest.mark.timeout(45)
-def test_a_launch_while_port_29500_is_taken(impl):
-    """With torchrun's default port 29500 taken by another program, launch still meets its ranks (on a free port)."""
-    with hold_port(TORCHRUN_DEFAULT_PORT):
-        launched = workers.guarded_launch(impl.launch, workers.all_reduce_mean_of_ranks, 2, args=(impl.all_reduce_gradients,),
-                                          timeout=30.0, grace=10.0)
-    if isinstance(launched.error, NotImplementedError):
-        raise launched.error
-    assert launched.error is None, (
-        f"launch raised {type(launched.error).__name__} while port {TORCHRUN_DEFAULT_PORT} was taken by another program: "
-        f"{str(launched.error)[:300]}\nGive each launch a free MASTER_PORT (bind port 0, read the port the system chose), never a fixed one"
-    )
-    for rank, grad in enumerate(launched.result()):
-        assert_close(grad, torch.full((2, 3), 1.5), what=f"the averaged gradient of rank {rank}")
-
-
 @pytest.mark.points(3)
-@pytest.mark.timeout(60)
+@pytest.mark.timeout(150)  # two launches at once, then one more
 def test_two_launches_at_once_do_not_collide(impl):
     """Two launches running at the same time (and then one more) each meet their own ranks: distinct ports."""
     grads = {}
 
     def run(name, world_size):  # each rank keeps its group (and the port) for 1 s: the two launches overlap
         grads[name] = workers.guarded_launch(impl.launch, workers.all_reduce_mean_of_ranks, world_size,
-                                             args=(impl.all_reduce_gradients, 1.0), timeout=30.0, grace=10.0)
+                                             args=(impl.all_reduce_gradients, 1.0), timeout=60.0, grace=10.0)
 
     threads = [threading.Thread(target=run, args=(name, n)) for name, n in (("a", 2), ("b", 3))]
     for thread in threads:
@@ -338,6 +327,23 @@ def test_two_launches_at_once_do_not_collide(impl):
         mean = sum(range(1, world_size + 1)) / world_size
         for rank, grad in enumerate(results):
             assert_close(grad, torch.full((2, 3), mean), what=f"the averaged gradient of rank {rank} in a launch of {world_size} ranks run beside another")
+
+
+@pytest.mark.points(2)
+@pytest.mark.timeout(90)
+def test_a_launch_while_port_29500_is_taken(impl):
+    """With torchrun's default port 29500 taken by another program, launch still meets its ranks (on a free port)."""
+    with hold_port(TORCHRUN_DEFAULT_PORT):
+        launched = workers.guarded_launch(impl.launch, workers.all_reduce_mean_of_ranks, 2, args=(impl.all_reduce_gradients,),
+                                          timeout=60.0, grace=10.0)
+    if isinstance(launched.error, NotImplementedError):
+        raise launched.error
+    assert launched.error is None, (
+        f"launch raised {type(launched.error).__name__} while port {TORCHRUN_DEFAULT_PORT} was taken by another program: "
+        f"{str(launched.error)[:300]}\nGive each launch a free MASTER_PORT (bind port 0, read the port the system chose), never a fixed one"
+    )
+    for rank, grad in enumerate(launched.result()):
+        assert_close(grad, torch.full((2, 3), 1.5), what=f"the averaged gradient of rank {rank}")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -413,7 +419,7 @@ def _start(command, tmp_path, **env_overrides):
     return subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=subprocess.STDOUT), tmp_path / "launcher.out"
 
 
-def _finish(started, timeout=80):
+def _finish(started, timeout=240):
     process, output = started
     try:
         process.wait(timeout=timeout)
@@ -425,7 +431,7 @@ def _finish(started, timeout=80):
 
 
 @pytest.mark.points(3)
-@pytest.mark.timeout(90)  # starts torchrun: an agent importing torch and 2 workers
+@pytest.mark.timeout(300)  # starts torchrun: an agent importing torch and 2 workers
 def test_environment_matches_torchrun(impl, tmp_path):
     """Each rank's RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE equal those torchrun --nproc_per_node 2 gives."""
     script = tmp_path / "worker.py"
@@ -448,7 +454,7 @@ def test_environment_matches_torchrun(impl, tmp_path):
 
 
 @pytest.mark.points(3)
-@pytest.mark.timeout(90)  # starts accelerate launch: the launcher and 2 workers, each importing torch
+@pytest.mark.timeout(300)  # starts accelerate launch: the launcher and 2 workers, each importing torch
 def test_the_same_worker_runs_under_accelerate_launch(impl, request, tmp_path):
     """The data-parallel worker, run by `accelerate launch --multi_gpu --num_processes 2` on CPU, gives the single-process step."""
     x, y = torch.randn(8, 6), torch.randn(8, 3)
