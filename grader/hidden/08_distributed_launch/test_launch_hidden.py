@@ -11,7 +11,7 @@ Where the time goes, and why the suite is laid out this way:
 - `launch` is checked by launches of cheap workers (a few small collectives, no model): its cost is
   starting fresh interpreters, which a grader pays once per test (each test runs in its own process there).
   The four environment checks share one launch within a run.
-- torchrun and `accelerate launch` run once each, started before the test's own work so that they overlap.
+- torchrun and `accelerate launch` run once each; their workers import nothing they do not need.
 Tests are ordered cheap first: in-process checks, forked ranks, the learner's launches, the real launchers.
 """
 
@@ -311,9 +311,9 @@ def test_two_launches_at_once_do_not_collide(impl):
     """Two launches running at the same time (and then one more) each meet their own ranks: distinct ports."""
     grads = {}
 
-    def run(name, world_size):  # each rank keeps its group (and the port) for 1 s: the two launches overlap
+    def run(name, world_size):
         grads[name] = workers.guarded_launch(impl.launch, workers.all_reduce_mean_of_ranks, world_size,
-                                             args=(impl.all_reduce_gradients, 1.0), timeout=60.0, grace=10.0)
+                                             args=(impl.all_reduce_gradients,), timeout=60.0, grace=10.0)
 
     threads = [threading.Thread(target=run, args=(name, n)) for name, n in (("a", 2), ("b", 3))]
     for thread in threads:
@@ -436,9 +436,8 @@ def test_environment_matches_torchrun(impl, tmp_path):
     """Each rank's RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE equal those torchrun --nproc_per_node 2 gives."""
     script = tmp_path / "worker.py"
     script.write_text(_TORCHRUN_SCRIPT.format(out=str(tmp_path), names=workers.TORCHRUN_VARIABLES))
-    torchrun = _start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)], tmp_path)
-    ours = unwrap(workers.guarded_launch(impl.launch, workers.rank_environment, 2).result())  # while torchrun starts
-    _finish(torchrun)
+    ours = unwrap(workers.guarded_launch(impl.launch, workers.rank_environment, 2).result())
+    _finish(_start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)], tmp_path))
     for rank in range(2):
         theirs = json.loads((tmp_path / f"{rank}.json").read_text())
         assert set(theirs) == set(ours[rank]["env"])
@@ -458,6 +457,7 @@ def test_environment_matches_torchrun(impl, tmp_path):
 def test_the_same_worker_runs_under_accelerate_launch(impl, request, tmp_path):
     """The data-parallel worker, run by `accelerate launch --multi_gpu --num_processes 2` on CPU, gives the single-process step."""
     x, y = torch.randn(8, 6), torch.randn(8, 3)
+    truth = single_process_step(x, y)
     torch.save((x, y), tmp_path / "data.pt")
     impl_file = module_path(impl_root(request.config), course_module_of(request.path)).resolve()
     script = tmp_path / "worker.py"
@@ -466,7 +466,6 @@ def test_the_same_worker_runs_under_accelerate_launch(impl, request, tmp_path):
     accelerate = _start([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
                          "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(workers.free_port()), str(script)],
                         tmp_path, CUDA_VISIBLE_DEVICES="")  # CPU and gloo even on a GPU host: with one GPU, rank 1 would ask for cuda:1
-    truth = single_process_step(x, y)  # while accelerate starts
     _finish(accelerate)
     for rank in range(2):
         theirs = torch.load(tmp_path / f"{rank}.pt")
