@@ -7,6 +7,7 @@ by module and name. The same functions run under the learner's `launch`, under `
 """
 
 import faulthandler
+import math
 import multiprocessing.util
 import os
 import pickle
@@ -61,7 +62,7 @@ def rank_environment(slow_rank=None, delay=1.0):
     summed = None
     if initialized:
         backend = str(dist.get_backend())
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if backend == "nccl" else torch.device("cpu")
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0"))) if backend == "nccl" else torch.device("cpu")
         value = torch.tensor([float(rank + 1)], device=device)
         dist.all_reduce(value)
         summed = value.item()
@@ -147,7 +148,7 @@ def multithreaded_ops(seconds=8.0):
     finally:
         faulthandler.cancel_dump_traceback_later()
         watchdog_log.close()
-    return {"threads": torch.get_num_threads(), "finite": total == total}
+    return {"threads": torch.get_num_threads(), "finite": math.isfinite(total)}
 
 
 def _device():
