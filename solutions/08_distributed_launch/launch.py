@@ -83,15 +83,16 @@ def launch(fn: Callable, world_size: int, args: tuple = (), backend: str = "gloo
     machine: the local rank is the rank). `torch.distributed` is initialised from that environment with
     `backend` before `fn` runs, and the process group is destroyed after it returns; then the worker exits.
     Workers are fresh processes, not copies of this one (start method "forkserver" or "spawn", never
-    "fork"): `fn`, `args` and the return values are pickled.
+    "fork": a fork copies the caller's thread pool without its threads, and hangs in its first parallel
+    op once the caller has run one): `fn`, `args` and the return values are pickled.
 
     Returns:
         the workers' return values, in rank order (whatever order they finish in).
 
     Raises:
         ValueError: `world_size < 1`.
-        RuntimeError: a worker raised (or died): the message names its rank and its error; the other
-            workers are killed.
+        RuntimeError: a worker raised (or died): the message names its rank as a word ("rank 1"; any case
+            or form such as "Rank 1" or "rank=1" is accepted) and its error; the other workers are killed.
         TimeoutError: not every worker returned within `timeout` seconds (counted from the call);
             every worker is killed.
     No worker process is left running when `launch` returns or raises.
