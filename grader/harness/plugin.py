@@ -196,6 +196,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     module = _module_of_item(item)
+    if module is not None and "impl" in getattr(item, "fixturenames", ()):
+        item.config.stash.setdefault(_TESTED_KEY, set()).add((impl_root(item.config), module))
     if module is None or not report.failed or call.excinfo is None:
         return
     error = call.excinfo.value
@@ -207,7 +209,6 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             f"  Next step: write {error.name} as its docstring says, then run the tests again.\n"
             f"  Read: {module.chapter}"
         )
-        item.config.stash.setdefault(_TODO_KEY, {}).setdefault(file, set()).add(error.name)
     elif isinstance(error, ImplementationLoadError):
         report.longrepr = (
             f"Your code could not be loaded, so this test could not run:\n  {error}\n"
@@ -219,7 +220,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         )
 
 
-_TODO_KEY = pytest.StashKey[dict]()
+_TESTED_KEY = pytest.StashKey[set]()
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -229,13 +230,29 @@ def pytest_report_header(config: pytest.Config) -> str | None:
         return None
 
 
+def still_to_write(config: pytest.Config) -> dict[str, list[str]]:
+    """For each learner file the run tested: every function whose body still raises NotImplementedYet."""
+    from grader.harness.loader import functions_still_to_write, module_path
+
+    todo = {}
+    for root, module in sorted(config.stash.get(_TESTED_KEY, set()), key=lambda pair: (str(pair[0]), pair[1].name)):
+        path = module_path(root, module)
+        try:
+            names = functions_still_to_write(path.read_text())
+        except OSError:
+            continue
+        if names:
+            todo[_where(path)] = names
+    return todo
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    todo = config.stash.get(_TODO_KEY, {})
+    todo = still_to_write(config)
     if not todo:
         return
     terminalreporter.section("llmlab: still to write")
-    for file, names in sorted(todo.items()):
-        terminalreporter.line(f"{file}: {', '.join(sorted(names))}")
+    for file, names in todo.items():
+        terminalreporter.line(f"{file}: {', '.join(names)}")
 
 
 @pytest.hookimpl(tryfirst=True)
