@@ -91,6 +91,8 @@ def teaching_message(result: TestResult) -> str:
     text = result.message.strip()
     if NOT_IMPLEMENTED in text or text.startswith("Your code could not be loaded"):
         return text
+    if not any(line.startswith("E ") for line in text.splitlines()):  # already a teaching message (a failed check)
+        return text
     errors = [line[4:] if line.startswith("E   ") else line for line in text.splitlines() if line.startswith("E ") or line.startswith("E\t")]
     tail = text.split("This test checks:", 1)
     explanation = "\n".join(errors) or text.splitlines()[-1]

@@ -16,6 +16,7 @@ What it gives a test under a module folder (`exercises/01_rmsnorm/`, `grader/hid
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from pathlib import Path
 
@@ -214,10 +215,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             f"Your code could not be loaded, so this test could not run:\n  {error}\n"
             f"  Next step: fix the file so that `python {module.name}/{module.file}` runs without error."
         )
+    elif isinstance(error, AssertionError) and _assertion_text(error):
+        # A check that failed: its message is the teaching text. No traceback of the test or the harness,
+        # no pytest introspection of the expression (it shows internal objects, not the mistake).
+        lines = [entry.lineno + 1 for entry in call.excinfo.traceback if Path(entry.path) == Path(item.path)]
+        line = f" (line {lines[-1]})" if lines else ""
+        report.longrepr = (
+            f"{_assertion_text(error)}\n"
+            f"  This test checks: {_what_it_checks(item)}\n"
+            f"  Test: {_where(item.path)}{line}\n"
+            f"  Read: {module.chapter}"
+        )
     else:
         report.sections.append(
             ("next step", f"This test checks: {_what_it_checks(item)}\nRead: {module.chapter}")
         )
+    if INTERNAL_NAME.search(report.longreprtext):
+        report.longrepr = INTERNAL_NAME.sub(lambda m: m.group(1), report.longreprtext)
+
+
+# The loader's unique module names (`llmlab_impl_d214e4d87d_lora`) mean nothing to a learner: `lora` does.
+INTERNAL_NAME = re.compile(r"llmlab_impl_[0-9a-f]+_(\w+)")
+
+
+def _assertion_text(error: AssertionError) -> str:
+    """The message of a failed check, without pytest's introspection of a bare `assert` (the lines from `assert ...` on)."""
+    lines = str(error).strip().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("assert "):
+            lines = lines[:i]
+            break
+    return "\n".join(lines).strip()
 
 
 _TESTED_KEY = pytest.StashKey[set]()
