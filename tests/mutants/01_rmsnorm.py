@@ -53,3 +53,7 @@ ALTERNATIVES = [
     Mutant("vector_norm", "computes the mean square from the 2-norm",
            [(STATS, "mean_square = torch.linalg.vector_norm(x32, dim=-1, keepdim=True) ** 2 / x32.shape[-1]")]),
 ]
+
+# Mutants that no fast, torch-only public test can catch, with the reason; every other mutant fails a public
+# test (tests/test_modules.py checks it, and that at most a third of the mutants are here).
+HIDDEN_ONLY = {}

@@ -101,3 +101,7 @@ ALTERNATIVES = [
             ("        parent_name, _, child_name = name.rpartition(\".\")\n        parent = model.get_submodule(parent_name)  # \"\" is the model itself\n        " + REPLACE,
              "        model.set_submodule(name, LoRALinear(model.get_submodule(name), r=r, alpha=alpha, dropout=dropout))")]),
 ]
+
+# Mutants that no fast, torch-only public test can catch, with the reason; every other mutant fails a public
+# test (tests/test_modules.py checks it, and that at most a third of the mutants are here).
+HIDDEN_ONLY = {}

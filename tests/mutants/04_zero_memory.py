@@ -115,3 +115,7 @@ ALTERNATIVES = [
     Mutant("comm_explicit_branches", "spells the communication volume out per stage",
            [(ELEMENTS, "elements = {0: 2, 1: 2, 2: 2, 3: 3}[stage] * num_params")]),
 ]
+
+# Mutants that no fast, torch-only public test can catch, with the reason; every other mutant fails a public
+# test (tests/test_modules.py checks it, and that at most a third of the mutants are here).
+HIDDEN_ONLY = {}

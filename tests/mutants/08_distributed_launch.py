@@ -59,3 +59,7 @@ ALTERNATIVES = [
            [("    per_rank = size // world_size\n    start = rank * per_rank\n    return batch[start : start + per_rank]",
              "    return torch.chunk(batch, world_size, dim=0)[rank]")]),
 ]
+
+# Mutants that no fast, torch-only public test can catch, with the reason; every other mutant fails a public
+# test (tests/test_modules.py checks it, and that at most a third of the mutants are here).
+HIDDEN_ONLY = {}
