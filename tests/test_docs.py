@@ -140,3 +140,12 @@ def test_what_you_write_comes_from_the_reference_not_the_learners_file(tmp_path)
         assert section == what_you_write(module, stub_of(module))
         assert "def " in section or "class " in section
         assert "NotImplementedYet" not in section and "BEGIN SOLUTION" not in section
+
+
+def test_the_docs_point_only_inside_the_repository():
+    """The contract lives in the stubs' docstrings and docs/contract.md: no page points to a file outside the repository."""
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "AGENTS.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        text = page.read_text()
+        assert "../shared" not in text and "/work/" not in text, f"{page.name} points outside the repository"
+    assert "docs/contract.md" in (ROOT / "CONTRIBUTING.md").read_text()

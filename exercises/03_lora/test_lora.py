@@ -106,7 +106,8 @@ def test_dropout_acts_on_the_input_of_the_lora_path_only(impl):
         lora = layer(x).double() - base_out
         layer.eval()
         out_eval = layer(x)
-    assert_close(out_eval, base_out + full, what="LoRALinear(base, dropout=0.5)(x) in eval() (dropout off)", dtype=torch.float32)
+    assert_close(out_eval, base_out + full, what="LoRALinear(base, r=8, alpha=8, dropout=0.5)(x) in eval() (dropout off)", dtype=torch.float32,
+                 mistakes={"the update is scaled by alpha alone; scaling is alpha / r (here 1)": base_out + 8 * full})
     spread = (lora - lora[:, :1]).abs().max().item()
     expect(spread <= 1e-4 * full.abs().max().item(), (
         "In training, the LoRA path differs from one output column to the next, as if each output element were "
@@ -138,7 +139,8 @@ def test_merge_and_unmerge(impl):
     merged = W.double() + 2.0 * B.double() @ A.double()
     assert_close(layer.base.weight.detach(), merged, what="base.weight after merge()", dtype=torch.float32,
                  mistakes={"merge() subtracts the update; it adds B @ A * scaling": W.double() - 2.0 * B.double() @ A.double(),
-                           "merge() adds B @ A without the scaling": W.double() + B.double() @ A.double()})
+                           "merge() adds B @ A without the scaling": W.double() + B.double() @ A.double(),
+                           "scaling is alpha alone (6 here); it is alpha / r = 2": W.double() + 6.0 * B.double() @ A.double()})
     truth = lora_float64(W, b, A, B, x, 2.0)  # what forward computes before merging, and must still compute after
     assert_close(layer(x), truth, what="the output after merge() (it must not change)", dtype=torch.float32,
                  mistakes={"the merged layer still adds the LoRA path: once merged, forward is base(x) alone": lora_float64(W, b, A, B, x, 4.0)})
