@@ -198,7 +198,10 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report: pytest.TestReport = outcome.get_result()
     module = _module_of_item(item)
     if module is not None and "impl" in getattr(item, "fixturenames", ()):
-        item.config.stash.setdefault(_TESTED_KEY, set()).add((impl_root(item.config), module))
+        try:  # remember the learner file this test ran against, for the "still to write" summary
+            item.config.stash.setdefault(_TESTED_KEY, set()).add((impl_root(item.config), module))
+        except pytest.UsageError:  # no --impl folder (a notebook's kernel provides `impl` itself)
+            pass
     if module is None or not report.failed or call.excinfo is None:
         return
     error = call.excinfo.value
