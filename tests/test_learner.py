@@ -117,9 +117,9 @@ def test_the_last_hint_is_a_nudge_not_the_solution(module):
 
 def test_watch_runs_on_start_and_remembers_the_module(course, capsys):
     assert watch("01_rmsnorm", course, max_runs=1) == 0
-    assert "0 of 6 tests pass" in capsys.readouterr().out
+    total = int(re.search(r"01_rmsnorm: 0 of (\d+) tests pass", capsys.readouterr().out).group(1))
     write_learner_file(course, reference())
     watch(None, course, max_runs=1)  # a restart: no module named, the last one is watched again
     out = capsys.readouterr().out
-    assert "Last time: 0 of 6 tests of 01_rmsnorm passed." in out
-    assert "6 of 6 tests pass" in out
+    assert f"Last time: 0 of {total} tests of 01_rmsnorm passed." in out
+    assert f"{total} of {total} tests pass" in out

@@ -284,6 +284,7 @@ def test_handout_installs_and_runs_the_learner_loop(handout, tmp_path):
     assert absent.returncode == 2 and "not available here" in absent.stdout
     helptext = subprocess.run([str(venv / "bin" / "llmlab"), "--help"], cwd=copy, env=env, capture_output=True, text=True).stdout
     assert "learner commands" in helptext and "check" in helptext
-    assert "stubs" not in helptext and "grade" not in helptext, helptext  # the handout's CLI offers the learner's commands only
+    # the handout's CLI offers the learner's commands only
+    assert "instructor commands" not in helptext and "\n  stubs" not in helptext and "\n  grade " not in helptext, helptext
     numpy_warning = subprocess.run([python, "-c", "import torch; torch.zeros(1).numpy()"], cwd=copy, env=env, capture_output=True, text=True)
     assert "Failed to initialize NumPy" not in numpy_warning.stderr
