@@ -65,4 +65,6 @@ ALTERNATIVES = [
 HIDDEN_ONLY = {
     "never_destroyed": "a process group left alive when the worker exits changes no result a public test can see; "
                        "the hidden suite checks that the group is destroyed",
+    "no_timeout": "only a rank that hangs shows it, and a public test of that waits out a whole timeout with two "
+                  "processes; the hidden suite has the time budget for it",
 }
