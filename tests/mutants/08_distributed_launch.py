@@ -67,4 +67,8 @@ HIDDEN_ONLY = {
                        "the hidden suite checks that the group is destroyed",
     "no_timeout": "only a rank that hangs shows it, and a public test of that waits out a whole timeout with two "
                   "processes; the hidden suite has the time budget for it",
+    "fixed_port": "a fixed port only collides when two launches run at the same time; the fast public tests run one "
+                  "launch at a time",
+    "completion_order": "on a machine at rest the ranks finish in rank order, so results in completion order look right "
+                        "to a fast test; telling them apart needs ranks that are slowed on purpose (hidden)",
 }
