@@ -48,7 +48,7 @@ def test_site_builds_strict_with_every_chapter_and_figure(site):
         assert figures, f"the chapter of {module.name} shows no figure from docs/figures/"
         for figure in figures:
             assert (page.parent / figure).resolve().is_file(), f"{module.name}: {figure} was not drawn"
-    for guide in ("instructors", "harness"):
+    for guide in ("instructors", "harness", "contract"):
         assert (site / guide / "index.html").is_file()
 
 
@@ -95,3 +95,57 @@ def test_a_chapter_renders_in_chromium_with_math_and_figures(site, tmp_path):
     assert fetched.get("/javascripts/mathjax/tex-svg.js") == 200
     assert screenshot.is_file() and screenshot.stat().st_size > 10_000
     print(f"screenshot of the rendered chapter: {screenshot}")
+
+
+def test_no_heading_holds_math():
+    """The table of contents shows headings as plain text: math in a heading appears there as raw LaTeX."""
+    for chapter in sorted((ROOT / "docs").glob("*.md")):
+        in_code = False
+        for number, line in enumerate(chapter.read_text().splitlines(), start=1):
+            in_code = not in_code if line.startswith("```") else in_code
+            if not in_code and line.startswith("#"):
+                assert "$" not in line and "\\(" not in line, f"{chapter.name}:{number}: math in a heading: {line}"
+
+
+def test_math_in_tables_keeps_its_size(site):
+    """Material shrinks every svg to its box; the site's stylesheet exempts MathJax's, so formulas in table cells stay legible."""
+    css = (ROOT / "docs" / "stylesheets" / "extra.css").read_text()
+    assert "mjx-container" in css and "max-width: none" in css
+    assert "stylesheets/extra.css" in (site / "02_rope" / "index.html").read_text()
+
+
+def test_the_contract_page_lists_every_function_of_every_module(site):
+    """docs/contract.md is generated from the stubs: every function a stub asks for, with its docstring."""
+    from grader.harness.loader import functions_still_to_write
+    from grader.publish.contract import stub_of
+
+    html = (site / "contract" / "index.html").read_text()
+    for module in existing_modules():
+        assert module.name in html
+        for name in functions_still_to_write(stub_of(module)):
+            assert name.rsplit(".", 1)[-1] in html, f"the contract page lacks {module.name}'s {name}"
+
+
+def test_what_you_write_comes_from_the_reference_not_the_learners_file(tmp_path):
+    """A learner who finished a module still sees its "What you write" section: it is built from the stub the
+    reference generates, never from exercises/ (a course folder without exercises/ builds the same section)."""
+    import shutil
+
+    from grader.publish.contract import stub_of, what_you_write
+
+    for module in existing_modules():
+        (tmp_path / "solutions" / module.name).mkdir(parents=True)
+        shutil.copyfile(ROOT / "solutions" / module.name / module.file, tmp_path / "solutions" / module.name / module.file)
+        section = what_you_write(module, stub_of(module, tmp_path))
+        assert section == what_you_write(module, stub_of(module))
+        assert "def " in section or "class " in section
+        assert "NotImplementedYet" not in section and "BEGIN SOLUTION" not in section
+
+
+def test_the_docs_point_only_inside_the_repository():
+    """The contract lives in the stubs' docstrings and docs/contract.md: no page points to a file outside the repository."""
+    pages = [ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "AGENTS.md", *sorted((ROOT / "docs").glob("*.md"))]
+    for page in pages:
+        text = page.read_text()
+        assert "../shared" not in text and "/work/" not in text, f"{page.name} points outside the repository"
+    assert "docs/contract.md" in (ROOT / "CONTRIBUTING.md").read_text()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import textwrap
 
 import pytest
@@ -243,6 +244,97 @@ def test_make_stub_replaces_regions_and_keeps_signatures():
 def test_make_stub_rejects_broken_markers(source, problem):
     with pytest.raises(MarkerError, match=problem):
         make_stub(source)
+
+
+# ------------------------------------------------------------------------------------------------
+# `llmlab stubs` never overwrites a learner's work
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A course repository with one module: the reference and its stub as `llmlab stubs` writes them."""
+    from grader.harness.course import get_module
+    from grader.publish.stubs import solution_path, stub_path
+
+    module = get_module("01_rmsnorm")
+    solution_path(module, tmp_path).parent.mkdir(parents=True)
+    solution_path(module, tmp_path).write_text(REFERENCE)
+    stub_path(module, tmp_path).parent.mkdir(parents=True)
+    stub_path(module, tmp_path).write_text(make_stub(REFERENCE))
+    return tmp_path, solution_path(module, tmp_path), stub_path(module, tmp_path)
+
+
+def test_stubs_refuse_to_overwrite_a_learners_work(repo):
+    """The issue's case: an implemented file in exercises/ survives `llmlab stubs`, which names it; --force replaces it."""
+    from grader.publish.stubs import StubsWouldOverwrite, write_stubs
+
+    root, solution, stub = repo
+    solution.write_text(REFERENCE.replace("Doc of f.", "Doc of f, reworded."))  # the reference changed: the stub is stale
+    stub.write_text(make_stub(REFERENCE).replace('raise NotImplementedYet("f")', "return math.pi"))  # the learner wrote f
+    with pytest.raises(StubsWouldOverwrite) as refused:
+        write_stubs(root)
+    assert refused.value.paths == [stub]
+    assert "return math.pi" in stub.read_text()
+    assert write_stubs(root, force=True) == [stub]
+    assert "reworded" in stub.read_text()
+
+
+def test_stubs_replace_what_they_wrote_and_detect_any_edit_after(repo):
+    """A stub still as written is regenerated; once recorded, even an edit that leaves it a stub is refused."""
+    from grader.publish.stubs import StubsWouldOverwrite, record_path, write_stubs
+
+    root, solution, stub = repo
+    solution.write_text(REFERENCE.replace("Doc of f.", "Doc of f, v2."))
+    assert write_stubs(root) == [stub]  # no record yet, and the file is still a stub: replaced
+    assert record_path(root).is_file()
+    solution.write_text(REFERENCE.replace("Doc of f.", "Doc of f, v3."))
+    assert write_stubs(root) == [stub]  # byte for byte what it last wrote: replaced
+    stub.write_text(stub.read_text() + "# my notes\n")
+    solution.write_text(REFERENCE.replace("Doc of f.", "Doc of f, v4."))
+    with pytest.raises(StubsWouldOverwrite):
+        write_stubs(root)
+    assert stub.read_text().endswith("# my notes\n")
+
+
+def test_cli_stubs_names_the_refused_files(repo, monkeypatch, capsys):
+    from grader import cli
+    from grader.publish import stubs
+
+    root, solution, stub = repo
+    solution.write_text(REFERENCE.replace("Doc of f.", "Doc of f, v2."))
+    stub.write_text(make_stub(REFERENCE).replace('raise NotImplementedYet("f")', "return 1"))
+    monkeypatch.setattr(stubs, "write_stubs", functools.partial(stubs.write_stubs, root))  # the CLI imports it when run
+    assert cli.main(["stubs"]) == 1
+    err = capsys.readouterr().err
+    assert str(stub) in err and "--force" in err
+
+
+def test_still_to_write_lists_every_unwritten_function_statically():
+    """The summary lists every function whose body raises NotImplementedYet, reached by a test or not."""
+    from grader.harness.loader import functions_still_to_write
+
+    stub = make_stub(REFERENCE)
+    assert functions_still_to_write(stub) == ["f", "Layer.__init__"]
+    assert functions_still_to_write(stub.replace('raise NotImplementedYet("f")', "return 1")) == ["Layer.__init__"]
+    assert functions_still_to_write("def g(:\n") == []
+
+
+def test_the_summary_names_functions_no_test_reached(pytester, course):
+    course(
+        """
+        from grader import NotImplementedYet
+
+        def double(n):
+            return 2 * n
+
+        class Later:
+            def forward(self, x):
+                raise NotImplementedYet("Later.forward")
+        """
+    )
+    result = pytester.runpytest("suite", "--impl", "impl")
+    result.assert_outcomes(passed=4)
+    result.stdout.fnmatch_lines(["*llmlab: still to write*", "impl/01_rmsnorm/rmsnorm.py: Later.forward"])
 
 
 def test_loaded_files_stay_importable_by_name_for_worker_processes(tmp_path, monkeypatch):

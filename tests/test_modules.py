@@ -10,8 +10,12 @@ import sys
 
 import pytest
 
+import ast
+import importlib.util
+
 from grader.harness.course import REPO_ROOT, existing_modules
 from grader.publish.stubs import stale_stubs
+from mutation import CATALOGUES as CATALOGUE_DIR
 from mutation import load_catalogue
 
 MODULES = existing_modules()
@@ -21,6 +25,22 @@ MIN_MUTANTS = 8
 
 CATALOGUES = [load_catalogue(m) for m in MODULES]
 MUTANT_CASES = [pytest.param(c.module, mutant, id=f"{c.module.name}-{mutant.name}") for c in CATALOGUES for mutant in c.mutants]
+
+
+def hidden_only(module) -> dict[str, str]:
+    """`HIDDEN_ONLY` of a module's catalogue: mutant name -> why no fast, torch-only public test can catch it."""
+    path = CATALOGUE_DIR / f"{module.name}.py"
+    if not path.is_file():
+        return {}
+    spec = importlib.util.spec_from_file_location(f"hidden_only_{module.name}", path)
+    loaded = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(loaded)
+    return dict(getattr(loaded, "HIDDEN_ONLY", {}))
+
+
+HIDDEN_ONLY = {m.name: hidden_only(m) for m in MODULES}
+PUBLIC_MUTANT_CASES = [pytest.param(c.module, mutant, id=f"{c.module.name}-{mutant.name}")
+                       for c in CATALOGUES for mutant in c.mutants if mutant.name not in HIDDEN_ONLY[c.module.name]]
 ALTERNATIVE_CASES = [pytest.param(c.module, alt, id=f"{c.module.name}-{alt.name}") for c in CATALOGUES for alt in c.alternatives]
 
 
@@ -117,3 +137,41 @@ def test_public_suite_imports_no_heavy_library(module):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     heavy = json.loads(run.stdout.rsplit("HEAVY=", 1)[1].splitlines()[0])
     assert not heavy, f"the public suite of {module.name} imports {heavy}: move those tests to the hidden suite"
+
+
+@pytest.mark.parametrize("module, mutant", PUBLIC_MUTANT_CASES)
+def test_mutant_fails_a_public_test(suites, tmp_path, module, mutant):
+    """A learner whose public tests pass has none of the catalogued mistakes, except the hidden-only ones."""
+    root = mutant.write_root(module, tmp_path)
+    result = suites.run(module, "public", root, "--maxfail=1", cache=False)
+    assert result.results, f"the public suite collected nothing against mutant {mutant.name}:\n{result.output[-2000:]}"
+    assert result.not_passed, (
+        f"mutant {mutant.name!r} ({mutant.mistake}) passes every public test of {module.name}: add a public test that "
+        f"catches it, or list it in HIDDEN_ONLY of tests/mutants/{module.name}.py with the reason"
+    )
+
+
+@pytest.mark.parametrize("module", MODULES, ids=MODULE_IDS)
+def test_public_suite_leaves_at_most_a_third_of_the_mutants_to_the_hidden_one(module):
+    mutants = {m.name for m in load_catalogue(module).mutants}
+    listed = HIDDEN_ONLY[module.name]
+    unknown = sorted(set(listed) - mutants)
+    assert not unknown, f"HIDDEN_ONLY of {module.name} names mutants its MUTANTS lack: {unknown}"
+    assert all(isinstance(reason, str) and reason.strip() for reason in listed.values()), "each HIDDEN_ONLY entry gives its reason"
+    assert 3 * len(listed) <= len(mutants), (
+        f"{len(listed)} of the {len(mutants)} mutants of {module.name} are hidden-only: at most a third may be"
+    )
+
+
+@pytest.mark.parametrize("module", MODULES, ids=MODULE_IDS)
+def test_public_tests_teach_with_checks_not_bare_asserts(module):
+    """A bare `assert` shows pytest's introspection (internal objects, `llmlab_impl_...` names); public tests use
+    `expect(condition, message)`, `assert_close` and friends, and each test has a one-line docstring."""
+    for path in sorted((REPO_ROOT / "exercises" / module.name).glob("test_*.py")):
+        tree = ast.parse(path.read_text())
+        bare = [node.lineno for node in ast.walk(tree) if isinstance(node, ast.Assert)]
+        assert not bare, f"{path.relative_to(REPO_ROOT)} has bare asserts at lines {bare}: use grader.harness.checks.expect"
+        for node in tree.body:
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
+                doc = ast.get_docstring(node) or ""
+                assert doc and "\n" not in doc.strip(), f"{path.name}::{node.name} needs a one-line docstring (the learner reads it)"

@@ -94,6 +94,39 @@ def test_handout_has_every_existing_module(handout):
         assert (handout / name).is_file(), name
 
 
+def test_handout_is_a_site_for_learners_only(handout):
+    """The handout ships its site config (no hooks, nav written out), the contract page and each chapter's
+    "What you write" section written in, numpy as a dependency, and no instructors' page."""
+    import tomllib
+
+    assert not (handout / "docs" / "instructors.md").exists()
+    config = (handout / "mkdocs.yml").read_text()
+    assert "hooks:" not in config and "instructors.md" not in config
+    for module in MODULES:
+        assert f"{module.name}.md" in config, f"{module.name}'s chapter is not in the handout's navigation"
+        assert "## What you write" in (handout / module.chapter).read_text()
+    for page in ("contract.md", "harness.md"):
+        assert page in config and (handout / "docs" / page).is_file()
+    assert "<!-- llmlab" not in (handout / "docs" / "contract.md").read_text()
+    project = tomllib.loads((handout / "pyproject.toml").read_text())["project"]
+    assert {"numpy", "pytest"} <= {re.split(r"[<>=]", d)[0] for d in project["dependencies"]}
+    assert "mkdocs-material" in " ".join(project["optional-dependencies"]["docs"])
+
+
+@pytest.mark.slow
+def test_handout_site_builds_strict(handout, tmp_path):
+    """`mkdocs build --strict` works in the handout, as `mkdocs serve` will."""
+    copy = tmp_path / "handout"
+    shutil.copytree(handout, copy)
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
+    env.pop("PYTHONPATH", None)
+    result = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "-d", str(tmp_path / "site")], cwd=copy,
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert (tmp_path / "site" / "contract" / "index.html").is_file()
+    assert "What you write" in (tmp_path / "site" / MODULES[0].name / "index.html").read_text()
+
+
 def test_handout_chapters_show_their_figures(handout):
     """The figures are drawn at release (the handout has no code that could draw them)."""
     import re
@@ -262,3 +295,9 @@ def test_handout_installs_and_runs_the_learner_loop(handout, tmp_path):
     assert check.returncode == 0, check.stdout + check.stderr
     absent = subprocess.run([str(venv / "bin" / "llmlab"), "release", str(tmp_path / "again")], cwd=copy, env=env, capture_output=True, text=True)
     assert absent.returncode == 2 and "not available here" in absent.stdout
+    helptext = subprocess.run([str(venv / "bin" / "llmlab"), "--help"], cwd=copy, env=env, capture_output=True, text=True).stdout
+    assert "learner commands" in helptext and "check" in helptext
+    # the handout's CLI offers the learner's commands only
+    assert "instructor commands" not in helptext and "\n  stubs" not in helptext and "\n  grade " not in helptext, helptext
+    numpy_warning = subprocess.run([python, "-c", "import torch; torch.zeros(1).numpy()"], cwd=copy, env=env, capture_output=True, text=True)
+    assert "Failed to initialize NumPy" not in numpy_warning.stderr

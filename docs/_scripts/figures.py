@@ -18,6 +18,9 @@ import matplotlib
 matplotlib.use("Agg")  # no screen: write PNG files
 matplotlib.rcParams.update({"axes.titlesize": 10, "axes.labelsize": 9})
 import matplotlib.pyplot as plt  # noqa: E402
+
+# Tensors go to matplotlib as NumPy arrays (`.numpy()`): handed a tensor, imshow and bar call NumPy 2 APIs that
+# torch's `__array__`/`__array_wrap__` do not support yet, and each call prints a DeprecationWarning.
 import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -76,7 +79,7 @@ def rope_rotations(out: Path) -> None:
     head_dim, positions = 64, torch.arange(256)
     cos, sin = ref.rope_cos_sin(positions, head_dim)
     fig, (left, right) = new_figure()
-    image = left.imshow(cos[:, : head_dim // 2].T, aspect="auto", cmap="RdBu", origin="lower")
+    image = left.imshow(cos[:, : head_dim // 2].T.numpy(), aspect="auto", cmap="RdBu", origin="lower")
     left.set_xlabel("position m")
     left.set_ylabel("pair i (frequency $\\theta_i = 10000^{-2i/d}$)")
     left.set_title("cos(m $\\theta_i$): fast pairs at the bottom,\nslow pairs at the top")
@@ -262,8 +265,8 @@ def ranks_and_collectives(out: Path) -> None:
     left.set_title("shard(batch, rank, 4): one contiguous slice each")
     width = 0.16
     for rank in range(world_size):
-        right.bar(torch.arange(3) + (rank - 2) * width, local[rank], width, color=colors[rank], label=f"rank {rank}")
-    right.bar(torch.arange(3) + 2 * width, local.mean(0), width, color="black", label="all-reduce mean")
+        right.bar((torch.arange(3) + (rank - 2) * width).numpy(), local[rank].numpy(), width, color=colors[rank], label=f"rank {rank}")
+    right.bar((torch.arange(3) + 2 * width).numpy(), local.mean(0).numpy(), width, color="black", label="all-reduce mean")
     right.scatter(torch.arange(3) + 2 * width, grad_on(batch), marker="*", s=80, color="gold", zorder=3,
                   label="one process, whole batch")
     right.set_xticks(range(3), [f"grad w[{i}]" for i in range(3)])
@@ -285,7 +288,7 @@ def collectives(out: Path) -> None:
               ("all-gather of those = all-reduce", all_gather)]
     fig, axes = plt.subplots(1, 3, figsize=(10, 3.2), dpi=110, constrained_layout=True)
     for ax, (title, values) in zip(axes, panels):
-        ax.imshow(torch.nan_to_num(values, nan=0.0), cmap="Blues", vmin=0, vmax=total.max().item() * 1.3)
+        ax.imshow(torch.nan_to_num(values, nan=0.0).numpy(), cmap="Blues", vmin=0, vmax=total.max().item() * 1.3)
         for r in range(world):
             for c in range(world):
                 if not math.isnan(values[r, c]):

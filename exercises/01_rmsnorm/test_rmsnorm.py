@@ -6,7 +6,7 @@ transformers' LlamaRMSNorm as the oracle). Read docs/01_rmsnorm.md.
 
 import torch
 
-from grader.harness.checks import assert_close, assert_raises
+from grader.harness.checks import assert_close, assert_raises, expect, tolerance_for
 
 
 def rms_norm_float64(x, weight=None, eps=1e-6):
@@ -46,11 +46,39 @@ def test_keeps_the_input_dtype(impl):
     assert_close(impl.rms_norm(x), rms_norm_float64(x), what="rms_norm(x) for bfloat16 x", dtype=torch.bfloat16)
 
 
+def test_eps_matters_for_small_inputs(impl):
+    """eps is added to mean(x**2) under the square root: with eps=0.01, a row of 0.1s maps to 0.1 / sqrt(0.02)."""
+    x = torch.full((2, 8), 0.1)
+    mistakes = {"eps is added after the square root; it goes inside: sqrt(mean(x**2) + eps)": x.double() / (0.1 + 0.01)}
+    assert_close(impl.rms_norm(x, eps=0.01), rms_norm_float64(x, eps=0.01), what="rms_norm(x, eps=0.01)", dtype=torch.float32, mistakes=mistakes)
+    layer = impl.RMSNorm(8, eps=0.01)
+    assert_close(layer(x), rms_norm_float64(x, eps=0.01), what="RMSNorm(8, eps=0.01)(x)", dtype=torch.float32,
+                 mistakes={"the layer ignores its own eps: pass self.eps on to rms_norm": rms_norm_float64(x)})
+
+
+def test_float16_statistics_do_not_overflow(impl):
+    """A float16 row of 300s normalises to ones: squares (90000) overflow float16, so the statistics are in float32."""
+    x = torch.full((2, 16), 300.0, dtype=torch.float16)
+    out = impl.rms_norm(x)
+    expect(bool(torch.isfinite(out).all()), (
+        "rms_norm of a float16 row of 300s gives inf or NaN.\n  Likely mistake: the statistics are computed in "
+        "float16, where 300**2 = 90000 overflows (the largest float16 is 65504): upcast x to float32 first"))
+    assert_close(out, rms_norm_float64(x), what="rms_norm(x) for float16 x of 300s", dtype=torch.float16)
+
+
+def test_a_float32_weight_on_bfloat16_input_gives_float32(impl):
+    """The normalised x is cast back to bfloat16 before the float32 weight multiplies it: the result is float32."""
+    x = torch.randn(4, 16).to(torch.bfloat16)
+    weight = torch.rand(16) + 0.5
+    assert_close(impl.rms_norm(x, weight), rms_norm_float64(x, weight), what="rms_norm(bfloat16 x, float32 weight)",
+                 dtype=torch.float32, tol=tolerance_for(torch.bfloat16))
+
+
 def test_module_has_a_weight_of_ones(impl):
     """RMSNorm(dim) has one learnable parameter `weight` of shape (dim,), all ones, and applies rms_norm."""
     layer = impl.RMSNorm(8)
     parameters = dict(layer.named_parameters())
-    assert list(parameters) == ["weight"], f"RMSNorm should have exactly one parameter named 'weight', found {list(parameters)}"
+    expect(list(parameters) == ["weight"], f"RMSNorm should have exactly one parameter named 'weight', found {list(parameters)}")
     assert_close(layer.weight.detach(), torch.ones(8), what="RMSNorm(8).weight at initialisation")
     x = torch.randn(2, 8)
     assert_close(layer(x), rms_norm_float64(x), what="RMSNorm(8)(x)", dtype=torch.float32)

@@ -6,7 +6,7 @@ long positions, transformers' LlamaRotaryEmbedding as the oracle). Read docs/02_
 
 import torch
 
-from grader.harness.checks import assert_close, assert_raises
+from grader.harness.checks import assert_close, assert_raises, expect, tolerance_for
 
 
 def angles_float64(positions, head_dim, base=10000.0):
@@ -105,3 +105,29 @@ def test_keeps_the_input_dtype(impl):
     cos, sin = impl.rope_cos_sin(positions, 16)
     angles = angles_float64(positions, 16)[:, None]  # (batch, 1, seq, d): one table per batch row, shared by the heads
     assert_close(impl.apply_rope(x, cos, sin), rotate_float64(x, angles), what="apply_rope of bfloat16 x", dtype=torch.bfloat16)
+
+
+def test_long_positions_keep_their_precision(impl):
+    """At positions in the thousands the tables still match float64: positions are not rounded to a low precision."""
+    positions = torch.tensor([1000, 2047, 4093])
+    cos, sin = impl.rope_cos_sin(positions, 8)
+    angles = angles_float64(positions, 8)
+    # A float32 angle of about 4000 radians is only known to 4000 float32 steps: the tolerance grows with it.
+    tol = tolerance_for(torch.float32).scaled(4093)
+    bf16 = angles_float64(positions.to(torch.bfloat16), 8)
+    assert_close(cos, angles.cos(), what="cos at positions 1000, 2047, 4093", dtype=torch.float32, tol=tol,
+                 mistakes={"the positions were cast to bfloat16 (integers above 256 get rounded): keep them in float32": bf16.cos()})
+    assert_close(sin, angles.sin(), what="sin at positions 1000, 2047, 4093", dtype=torch.float32, tol=tol)
+
+
+def test_gradient_flows_back_to_x(impl):
+    """apply_rope is differentiable in x: the gradient of sum(apply_rope(x) * g) is the inverse rotation of g."""
+    x = torch.randn(1, 2, 4, 8, requires_grad=True)
+    positions = torch.arange(4)
+    cos, sin = impl.rope_cos_sin(positions, 8)
+    g = torch.randn(1, 2, 4, 8)
+    out = impl.apply_rope(x, cos, sin)
+    expect(out.requires_grad, "apply_rope(x) does not require grad although x does: did you detach x (or use .data)?")
+    out.backward(g)
+    expect(x.grad is not None, "no gradient reached x through apply_rope: did you detach x?")
+    assert_close(x.grad, rotate_float64(g, -angles_float64(positions, 8)), what="the gradient of apply_rope with respect to x", dtype=torch.float32)

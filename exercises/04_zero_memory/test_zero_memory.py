@@ -8,7 +8,7 @@ from fractions import Fraction
 
 import torch
 
-from grader.harness.checks import assert_raises, tolerance_for
+from grader.harness.checks import assert_raises, expect, tolerance_for
 
 # The results are float64 evaluations of a few products and quotients, so they may differ from the
 # exact value in the last bits: compare with the float64 tolerance of the harness.
@@ -17,7 +17,7 @@ RTOL = tolerance_for(torch.float64).rtol
 
 def assert_bytes(actual, expected, *, what, mistakes=None):
     """`actual` equals the exact number `expected` up to float64 rounding; otherwise name the mistake."""
-    assert isinstance(actual, (int, float)) and not isinstance(actual, bool), f"{what} should be a number, got {actual!r}"
+    expect(isinstance(actual, (int, float)) and not isinstance(actual, bool), f"{what} should be a number, got {actual!r}")
     if abs(Fraction(actual) - Fraction(expected)) <= RTOL * abs(Fraction(expected)):
         return
     message = f"{what} is {actual:,.6g} bytes but should be {float(expected):,.6g} bytes."
@@ -67,9 +67,17 @@ def test_max_params_is_the_largest_that_fits(impl):
     for gpu_bytes, n, stage, per_param in cases:
         p = impl.max_params(gpu_bytes, n, stage)
         where = f"max_params({gpu_bytes}, {n}, stage={stage})"
-        assert isinstance(p, int), f"{where} should return an int, got {p!r}"
-        assert p * per_param <= gpu_bytes, f"{where} = {p}, but {p} parameters need {float(p * per_param):g} bytes: more than the budget"
-        assert gpu_bytes < (p + 1) * per_param, f"{where} = {p}, but {p + 1} parameters would still fit ({float((p + 1) * per_param):g} bytes)"
+        expect(isinstance(p, int), f"{where} should return an int, got {p!r}")
+        expect(p * per_param <= gpu_bytes, f"{where} = {p}, but {p} parameters need {float(p * per_param):g} bytes: more than the budget")
+        expect(gpu_bytes < (p + 1) * per_param, f"{where} = {p}, but {p + 1} parameters would still fit ({float((p + 1) * per_param):g} bytes)")
+
+
+def test_max_params_uses_the_given_byte_sizes(impl):
+    """max_params passes the byte sizes on: 4 + 4 + 12 = 20 bytes a parameter, so 200 bytes hold 10 parameters."""
+    p = impl.max_params(200, 1, 0, param_bytes=4, grad_bytes=4, optimizer_bytes=12)
+    where = "max_params(200, 1, stage=0, param_bytes=4, grad_bytes=4, optimizer_bytes=12)"
+    mistake = "\n  Likely mistake: the byte sizes are not passed on to model_state_bytes (its defaults, 16 bytes, are used)" if p == 12 else ""
+    expect(p == 10, f"{where} is {p!r}, expected 10 (20 bytes per parameter).{mistake}")
 
 
 def test_communication_volume(impl):

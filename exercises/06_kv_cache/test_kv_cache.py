@@ -6,7 +6,7 @@ and LlamaForCausalLM.generate as oracles, dtypes, devices, bad inputs). Read doc
 
 import torch
 
-from grader.harness.checks import assert_close, assert_raises, assert_shape
+from grader.harness.checks import assert_close, assert_raises, assert_shape, expect
 
 
 def small_model(impl, num_kv_heads=2):
@@ -30,15 +30,13 @@ def test_update_appends_along_the_sequence(impl):
 def test_seq_length_per_layer(impl):
     """get_seq_length is 0 when empty, counts the tokens of each layer, and layers do not share a cache."""
     cache = impl.KVCache()
-    assert cache.get_seq_length() == 0, f"an empty cache should hold 0 tokens, got {cache.get_seq_length()}"
+    expect(cache.get_seq_length() == 0, f"an empty cache should hold 0 tokens, got {cache.get_seq_length()}")
     cache.update(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), 0)
     cache.update(torch.randn(1, 2, 4, 8), torch.randn(1, 2, 4, 8), 1)
     cache.update(torch.randn(1, 2, 1, 8), torch.randn(1, 2, 1, 8), 0)
     lengths = (cache.get_seq_length(0), cache.get_seq_length(1))
-    assert lengths == (5, 4), (
-        f"after 4 + 1 tokens in layer 0 and 4 in layer 1, get_seq_length gives {lengths}, expected (5, 4): "
-        "each layer has its own keys and values (index them by layer_idx), counted along dim -2"
-    )
+    expect(lengths == (5, 4), f"after 4 + 1 tokens in layer 0 and 4 in layer 1, get_seq_length gives {lengths}, expected (5, 4): "
+        "each layer has its own keys and values (index them by layer_idx), counted along dim -2")
 
 
 def test_update_rejects_a_mismatch(impl):
@@ -54,10 +52,11 @@ def test_update_rejects_a_mismatch(impl):
 def test_llama_2_7b_cache_is_2_gib(impl):
     """kv_cache_bytes for Llama-2-7B (32 layers, 32 kv heads, head_dim 128), 4096 tokens, fp16, batch 1 is 2 GiB."""
     got = impl.kv_cache_bytes(32, 32, 128, 4096, 1)
-    assert got == 2 * 2**30, (
+    expect(got == 2 * 2**30, (
         f"kv_cache_bytes(32, 32, 128, 4096, 1) gave {got}, expected {2 * 2**30} (2 GiB)"
         + (": you forgot the factor 2, the cache holds keys AND values" if got == 2**30 else "")
-    )
+    ))
+    expect(type(got) is int, f"kv_cache_bytes should return an int (a count of bytes), got {type(got).__name__} {got!r}: avoid 2.0, / and float factors")
 
 
 def test_incremental_logits_equal_full_recompute(impl):
@@ -82,8 +81,6 @@ def test_generate_with_and_without_cache_agree(impl):
     with_cache = impl.generate(model, prompt, 6, use_cache=True)
     assert_shape(without, (2, 11), what="generate(model, prompt of shape (2, 5), 6, use_cache=False)")
     assert_shape(with_cache, (2, 11), what="generate(model, prompt of shape (2, 5), 6, use_cache=True)")
-    assert torch.equal(with_cache[:, :5], prompt), "generate should return the prompt followed by the new tokens"
-    assert torch.equal(with_cache, without), (
-        f"generate with the cache gave\n{with_cache[:, 5:].tolist()}\nbut the full recompute gave\n{without[:, 5:].tolist()}\n"
-        "With a cache, prefill the prompt once, then feed only the newest token, at position cache.get_seq_length()."
-    )
+    expect(torch.equal(with_cache[:, :5], prompt), "generate should return the prompt followed by the new tokens")
+    expect(torch.equal(with_cache, without), f"generate with the cache gave\n{with_cache[:, 5:].tolist()}\nbut the full recompute gave\n{without[:, 5:].tolist()}\n"
+        "With a cache, prefill the prompt once, then feed only the newest token, at position cache.get_seq_length().")

@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from grader.harness.checks import assert_close, assert_raises
+from grader.harness.checks import assert_close, assert_raises, expect
 
 
 def logps_by_hand(logits, labels, ignore_index=-100):
@@ -84,9 +84,9 @@ def test_gradients_favour_chosen_and_rewards_are_detached(impl):
     rc, rr = random_logps(4)[2:]
     losses, chosen_rewards, rejected_rewards = impl.dpo_loss(pc, pr, rc, rr)
     losses.sum().backward()
-    assert bool((pc.grad < 0).all()), f"d loss / d policy_chosen_logps should be negative (raise the chosen answer), got {pc.grad}"
-    assert bool((pr.grad > 0).all()), f"d loss / d policy_rejected_logps should be positive (lower the rejected answer), got {pr.grad}"
-    assert not chosen_rewards.requires_grad and not rejected_rewards.requires_grad, "the rewards must be detached (.detach())"
+    expect(bool((pc.grad < 0).all()), f"d loss / d policy_chosen_logps should be negative (raise the chosen answer), got {pc.grad}")
+    expect(bool((pr.grad > 0).all()), f"d loss / d policy_rejected_logps should be positive (lower the rejected answer), got {pr.grad}")
+    expect(not chosen_rewards.requires_grad and not rejected_rewards.requires_grad, "the rewards must be detached (.detach())")
 
 
 def test_bad_arguments_raise(impl):
@@ -95,3 +95,16 @@ def test_bad_arguments_raise(impl):
     assert_raises(ValueError, impl.dpo_loss, pc, pr, rc, rr, loss_type="kto", when='for loss_type="kto"')
     assert_raises(ValueError, impl.dpo_loss, pc, pr, rc, rr, beta=0.0, when="for beta=0")
     assert_raises(ValueError, impl.dpo_loss, pc, pr, rc, rr, label_smoothing=0.6, when="for label_smoothing=0.6")
+
+
+def test_sigmoid_loss_stays_finite_for_large_margins(impl):
+    """A margin of -1000 gives a loss of about beta * 1000, not inf: log(sigmoid(z)) is computed stably (logsigmoid)."""
+    pc, pr = torch.tensor([-1100.0, -10.0]), torch.tensor([-100.0, -1010.0])
+    rc, rr = torch.zeros(2), torch.zeros(2)
+    beta = 1.0
+    logits = ((pc - pr) - (rc - rr)).double()  # -1000 and +1000
+    losses = impl.dpo_loss(pc, pr, rc, rr, beta=beta)[0]
+    truth = torch.nn.functional.softplus(-beta * logits)
+    assert_close(losses, truth, what="dpo_loss with margins of -1000 and +1000", dtype=torch.float32,
+                 mistakes={"-log(sigmoid(z)) overflows: sigmoid(-1000) is 0 in float32, so its log is -inf; use "
+                           "torch.nn.functional.logsigmoid": lambda out: not bool(torch.isfinite(out).all())})

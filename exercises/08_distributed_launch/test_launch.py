@@ -14,7 +14,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))  # worker processes import the workers from this folder
 import launch_workers as workers  # noqa: E402
 
-from grader.harness.checks import assert_close, assert_raises  # noqa: E402
+from grader.harness.checks import assert_close, assert_raises, expect  # noqa: E402
 
 
 def test_shard_gives_contiguous_slices(impl):
@@ -29,20 +29,18 @@ def test_shard_gives_contiguous_slices(impl):
 def test_launch_gives_each_rank_the_torchrun_environment(impl):
     """launch(fn, 2) runs fn in 2 processes with RANK, LOCAL_RANK, WORLD_SIZE, ... set and the group initialised; results in rank order."""
     results = workers.guarded_launch(impl.launch, workers.rank_environment, 2)
-    assert isinstance(results, list) and len(results) == 2, f"launch(fn, 2) should return a list of 2 results, got {results!r}"
+    expect(isinstance(results, list) and len(results) == 2, f"launch(fn, 2) should return a list of 2 results, got {results!r}")
     ports = {r["env"]["MASTER_PORT"] for r in results}
-    assert len(ports) == 1, f"the ranks must share one MASTER_PORT to meet, got {ports}"
+    expect(len(ports) == 1, f"the ranks must share one MASTER_PORT to meet, got {ports}")
     for rank, result in enumerate(results):
         env = result["env"]
         missing = [name for name, value in env.items() if value is None]
-        assert not missing, f"rank {rank} has no {missing} in its environment: set every variable torchrun sets"
+        expect(not missing, f"rank {rank} has no {missing} in its environment: set every variable torchrun sets")
         expected = {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2"}
         got = {name: env[name] for name in expected}
-        assert got == expected, f"results[{rank}] saw {got}, expected {expected} (results must come back in rank order)"
-        assert result["initialized"], f"rank {rank}: torch.distributed is not initialised when fn runs"
-        assert (result["rank"], result["world_size"]) == (rank, 2), (
-            f"rank {rank}: dist.get_rank(), dist.get_world_size() gave {result['rank']}, {result['world_size']}"
-        )
+        expect(got == expected, f"results[{rank}] saw {got}, expected {expected} (results must come back in rank order)")
+        expect(result["initialized"], f"rank {rank}: torch.distributed is not initialised when fn runs")
+        expect((result["rank"], result["world_size"]) == (rank, 2), f"rank {rank}: dist.get_rank(), dist.get_world_size() gave {result['rank']}, {result['world_size']}")
 
 
 def test_a_failing_rank_raises_runtime_error(impl):
@@ -54,10 +52,10 @@ def test_a_failing_rank_raises_runtime_error(impl):
         raise
     except RuntimeError as error:
         elapsed = time.monotonic() - start
-        assert elapsed < 50, f"launch took {elapsed:.0f} s to report the failure: it waited for rank 0 (sleeping 60 s); kill the others at once"
+        expect(elapsed < 50, f"launch took {elapsed:.0f} s to report the failure: it waited for rank 0 (sleeping 60 s); kill the others at once")
         message = str(error)
-        assert "rank 1" in message.lower(), f"the RuntimeError should name the rank that failed ('rank 1'), got: {message[:300]}"
-        assert "boom from the worker" in message, f"the RuntimeError should carry the worker's message, got: {message[:300]}"
+        expect("rank 1" in message.lower(), f"the RuntimeError should name the rank that failed ('rank 1'), got: {message[:300]}")
+        expect("boom from the worker" in message, f"the RuntimeError should carry the worker's message, got: {message[:300]}")
     else:
         raise AssertionError("launch returned although rank 1 raised ValueError: it must raise RuntimeError")
 

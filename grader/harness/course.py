@@ -60,6 +60,31 @@ def find_module(name: str) -> Module | None:
     return _BY_NAME.get(name)
 
 
+class UnknownModule(KeyError):
+    """A name that designates no module; its message is one line naming the closest module."""
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+def resolve_module(name: str) -> Module:
+    """The module a learner means: `03_lora`, `03`, `3`, `lora`, `3_lora` (any case) all give 03_lora."""
+    import difflib
+
+    wanted = name.strip().lower().strip("/").rsplit("/", 1)[-1]
+    number, _, topic = wanted.partition("_")
+    for module in MODULES:
+        module_number, _, module_topic = module.name.partition("_")
+        if wanted == module.name or wanted == module_topic:
+            return module
+        if number.isdigit() and int(number) == int(module_number) and topic in ("", module_topic):
+            return module
+    names = [m.name for m in MODULES] + [m.name.partition("_")[2] for m in MODULES]
+    close = difflib.get_close_matches(wanted, names, n=1, cutoff=0.0)
+    closest = next(m.name for m in MODULES if close and close[0] in (m.name, m.name.partition("_")[2]))
+    raise UnknownModule(f"no module {name!r}: did you mean {closest}? (`llmlab progress` lists the modules)")
+
+
 def existing_modules(root: Path = REPO_ROOT / "solutions") -> list[Module]:
     """The registered modules that have a folder under `root` (modules are added one by one)."""
     return [module for module in MODULES if (root / module.name / module.file).is_file()]

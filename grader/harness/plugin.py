@@ -16,6 +16,7 @@ What it gives a test under a module folder (`exercises/01_rmsnorm/`, `grader/hid
 from __future__ import annotations
 
 import random
+import re
 import zlib
 from pathlib import Path
 
@@ -196,6 +197,11 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     outcome = yield
     report: pytest.TestReport = outcome.get_result()
     module = _module_of_item(item)
+    if module is not None and "impl" in getattr(item, "fixturenames", ()):
+        try:  # remember the learner file this test ran against, for the "still to write" summary
+            item.config.stash.setdefault(_TESTED_KEY, set()).add((impl_root(item.config), module))
+        except pytest.UsageError:  # no --impl folder (a notebook's kernel provides `impl` itself)
+            pass
     if module is None or not report.failed or call.excinfo is None:
         return
     error = call.excinfo.value
@@ -207,19 +213,45 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
             f"  Next step: write {error.name} as its docstring says, then run the tests again.\n"
             f"  Read: {module.chapter}"
         )
-        item.config.stash.setdefault(_TODO_KEY, {}).setdefault(file, set()).add(error.name)
     elif isinstance(error, ImplementationLoadError):
         report.longrepr = (
             f"Your code could not be loaded, so this test could not run:\n  {error}\n"
             f"  Next step: fix the file so that `python {module.name}/{module.file}` runs without error."
         )
+    elif isinstance(error, AssertionError) and _assertion_text(error):
+        # A check that failed: its message is the teaching text. No traceback of the test or the harness,
+        # no pytest introspection of the expression (it shows internal objects, not the mistake).
+        lines = [entry.lineno + 1 for entry in call.excinfo.traceback if Path(entry.path) == Path(item.path)]
+        line = f" (line {lines[-1]})" if lines else ""
+        report.longrepr = (
+            f"{_assertion_text(error)}\n"
+            f"  This test checks: {_what_it_checks(item)}\n"
+            f"  Test: {_where(item.path)}{line}\n"
+            f"  Read: {module.chapter}"
+        )
     else:
         report.sections.append(
             ("next step", f"This test checks: {_what_it_checks(item)}\nRead: {module.chapter}")
         )
+    if INTERNAL_NAME.search(report.longreprtext):
+        report.longrepr = INTERNAL_NAME.sub(lambda m: m.group(1), report.longreprtext)
 
 
-_TODO_KEY = pytest.StashKey[dict]()
+# The loader's unique module names (`llmlab_impl_d214e4d87d_lora`) mean nothing to a learner: `lora` does.
+INTERNAL_NAME = re.compile(r"llmlab_impl_[0-9a-f]+_(\w+)")
+
+
+def _assertion_text(error: AssertionError) -> str:
+    """The message of a failed check, without pytest's introspection of a bare `assert` (the lines from `assert ...` on)."""
+    lines = str(error).strip().splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("assert "):
+            lines = lines[:i]
+            break
+    return "\n".join(lines).strip()
+
+
+_TESTED_KEY = pytest.StashKey[set]()
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -229,13 +261,29 @@ def pytest_report_header(config: pytest.Config) -> str | None:
         return None
 
 
+def still_to_write(config: pytest.Config) -> dict[str, list[str]]:
+    """For each learner file the run tested: every function whose body still raises NotImplementedYet."""
+    from grader.harness.loader import functions_still_to_write, module_path
+
+    todo = {}
+    for root, module in sorted(config.stash.get(_TESTED_KEY, set()), key=lambda pair: (str(pair[0]), pair[1].name)):
+        path = module_path(root, module)
+        try:
+            names = functions_still_to_write(path.read_text())
+        except OSError:
+            continue
+        if names:
+            todo[_where(path)] = names
+    return todo
+
+
 def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:
-    todo = config.stash.get(_TODO_KEY, {})
+    todo = still_to_write(config)
     if not todo:
         return
     terminalreporter.section("llmlab: still to write")
-    for file, names in sorted(todo.items()):
-        terminalreporter.line(f"{file}: {', '.join(sorted(names))}")
+    for file, names in todo.items():
+        terminalreporter.line(f"{file}: {', '.join(names)}")
 
 
 @pytest.hookimpl(tryfirst=True)

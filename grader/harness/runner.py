@@ -19,6 +19,7 @@ from grader.harness.loader import clear_cache
 
 @dataclass
 class TestResult:
+    __test__ = False  # not a pytest test class, whatever its name
     nodeid: str
     outcome: str  # "passed", "failed", "error" (setup/teardown/collection), "skipped"
     points: float | None = None

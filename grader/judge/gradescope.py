@@ -41,7 +41,7 @@ fi
 /autograder/venv/bin/pip install -q --upgrade pip
 # the CPU wheel of torch (pinned as in the README), then the course and its oracles
 /autograder/venv/bin/pip install -q torch=={torch} --index-url https://download.pytorch.org/whl/cpu
-/autograder/venv/bin/pip install -q /autograder/source
+/autograder/venv/bin/pip install -q '/autograder/source[grader]'
 """
 
 RUN_AUTOGRADER = """#!/usr/bin/env bash

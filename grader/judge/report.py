@@ -13,7 +13,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from grader.harness.course import Module
+from grader.harness.course import Module, find_module
 from grader.harness.files import atomic_write
 
 RECORD = "record.json"
@@ -21,6 +21,7 @@ RECORD = "record.json"
 
 @dataclass
 class TestOutcome:
+    __test__ = False  # not a pytest test class, whatever its name
     module: str
     test: str
     outcome: str  # passed, failed, error, skipped
@@ -59,24 +60,47 @@ class Record:
     def max_total(self) -> float:
         return round(sum(t.max_points for t in self.tests), 4)
 
+    def missing(self, module: str) -> bool:
+        """The learner did not hand this module in: every one of its tests failed as "missing"."""
+        tests = [t for t in self.tests if t.module == module]
+        return bool(tests) and all(t.kind == "missing" for t in tests)
+
     @classmethod
     def from_json(cls, data: dict) -> "Record":
         return cls(**{**data, "tests": [TestOutcome(**t) for t in data["tests"]]})
 
 
+def not_handed_in(module: str) -> str:
+    """The one line that stands for every test of a module the learner did not hand in."""
+    found = find_module(module)
+    file = f"{module}/{found.file}" if found else f"{module}/"
+    return f"Not handed in: there is no {file} in your submission, so its tests did not run."
+
+
 def gradescope_results(record: Record) -> dict:
-    """Gradescope's autograder schema: https://gradescope-autograders.readthedocs.io/en/latest/specs/"""
-    tests = [
-        {
-            "name": f"{t.module}: {t.test}",
-            "score": t.points,
-            "max_score": t.max_points,
-            "status": "passed" if t.outcome == "passed" else "failed",
-            "output": t.message,
-            "visibility": "visible",
-        }
-        for t in record.tests
-    ]
+    """Gradescope's autograder schema: https://gradescope-autograders.readthedocs.io/en/latest/specs/
+
+    A module the learner did not hand in is one entry (its points, zero), not one per test.
+    """
+    tests = []
+    for module in dict.fromkeys([*record.modules, *(t.module for t in record.tests)]):
+        if record.rejected or record.missing(module):
+            name, output = (("not graded", f"Your submission was not graded: {record.rejected}.") if record.rejected
+                            else ("not handed in", not_handed_in(module)))
+            tests.append({"name": f"{module}: {name}", "score": 0.0, "max_score": record.module_max(module),
+                          "status": "failed", "output": output, "visibility": "visible"})
+            continue
+        tests += [
+            {
+                "name": f"{t.module}: {t.test}",
+                "score": t.points,
+                "max_score": t.max_points,
+                "status": "passed" if t.outcome == "passed" else "failed",
+                "output": t.message,
+                "visibility": "visible",
+            }
+            for t in record.tests if t.module == module
+        ]
     output = f"{record.total:g} / {record.max_total:g} points."
     if record.rejected:
         output = f"Your submission was not graded: {record.rejected}.\n" + output
@@ -90,10 +114,15 @@ def feedback_markdown(record: Record) -> str:
     if record.rejected:
         lines += [f"Your submission was not graded: {record.rejected}.", ""]
     lines += ["| module | points |", "| --- | --- |"]
-    lines += [f"| {m} | {record.module_points(m):g} / {record.module_max(m):g} |" for m in record.modules]
+    lines += [f"| {m} | {record.module_points(m):g} / {record.module_max(m):g}"
+              f"{' (not handed in)' if record.missing(m) else ''} |" for m in record.modules]
+    missing = [m for m in record.modules if record.missing(m)]
+    if missing and not record.rejected:
+        lines += ["", "Not handed in (no feedback per test): " + ", ".join(
+            f"{m} (no {m}/{find_module(m).file if find_module(m) else ''})" for m in missing) + "."]
     for module in record.modules:
         failed = [t for t in record.tests if t.module == module and t.outcome != "passed"]
-        if not failed:
+        if not failed or record.missing(module) or record.rejected:  # said once above, not once per test
             continue
         lines += ["", f"## {module}", ""]
         for t in failed:

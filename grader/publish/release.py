@@ -2,9 +2,10 @@
 
 The handout holds what a learner needs and nothing an instructor keeps back:
 
-    README.md, AGENTS.md, pyproject.toml, .gitignore
+    README.md, AGENTS.md, pyproject.toml, mkdocs.yml, .gitignore
     exercises/NN_name/   the stub (generated from the reference, as `llmlab stubs` does), public tests, hints
-    docs/                the chapters (Markdown; no code files)
+    docs/                the chapters (Markdown, each with its "What you write" section written in), the
+                         contract page, the figures drawn; no code files and no instructors' guide
     grader/              `__init__.py`, `cli.py` and the harness wing (`grader/harness/`): the pytest plugin,
                          the loader, the checks and tolerances, the learner's commands
 
@@ -33,6 +34,10 @@ SHIPPED_WING = "harness"
 SKIPPED_NAMES = {"__pycache__", ".pytest_cache", ".ipynb_checkpoints", ".DS_Store"}
 SKIPPED_SUFFIXES = {".pyc", ".pyo"}
 DISTRIBUTION = "llmlab-handout"
+# docs pages for instructors only: never in the learner's copy
+INSTRUCTOR_PAGES = {"instructors.md"}
+# the learner's site: these pages after the chapters, where they exist
+LEARNER_GUIDES = (("The contract", "contract.md"), ("Harness reference", "harness.md"))
 
 
 class ReleaseError(RuntimeError):
@@ -49,10 +54,10 @@ def learner_grader_files(grader_dir: Path = REPO_ROOT / "grader") -> list[str]:
     return [name for name in SHIPPED_TOP if (grader_dir / name).is_file()] + wing
 
 
-def _copy_tree(source: Path, target: Path, skip_suffixes: set[str] = frozenset()) -> None:
+def _copy_tree(source: Path, target: Path, skip_suffixes: set[str] = frozenset(), skip_names: set[str] = frozenset()) -> None:
     for path in sorted(source.rglob("*")):
         relative = path.relative_to(source)
-        if any(part in SKIPPED_NAMES for part in relative.parts) or path.suffix in SKIPPED_SUFFIXES | set(skip_suffixes):
+        if any(part in SKIPPED_NAMES | set(skip_names) for part in relative.parts) or path.suffix in SKIPPED_SUFFIXES | set(skip_suffixes):
             continue
         if path.is_file():
             (target / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -78,11 +83,12 @@ description = "LLM Lab, the learner's handout: write the pieces of an LLM, pytes
 readme = "README.md"
 requires-python = "{project.get("requires-python", ">=3.11")}"
 license = {{ text = "MIT" }}
-# The public tests need torch and pytest only; the libraries the grader checks against stay with the grader.
-dependencies = ["{torch_requirement}", "pytest>=8.0"]
+# The public tests need torch, numpy and pytest only; the libraries the grader checks against stay with the grader.
+dependencies = ["{torch_requirement}", "numpy", "pytest>=8.0"]
 
 [project.optional-dependencies]
-dev = []
+# the course site: `mkdocs serve` in this folder
+docs = ["mkdocs-material>=9.5", "pymdown-extensions>=10"]
 
 [project.scripts]
 llmlab = "grader.cli:main"
@@ -118,12 +124,18 @@ Python 3.11 or newer. In this folder, in a fresh virtual environment, one comman
 
 ```bash
 python3 -m venv .venv && . .venv/bin/activate
-pip install torch=={torch_version} -e ".[dev]"
+pip install torch=={torch_version} -e .
 ```
 
 `torch=={torch_version}` is pinned so that a CPU-only machine gets the CPU wheel; with a GPU, install
-the CUDA build of PyTorch first (see pytorch.org), then `pip install -e ".[dev]"`. Every exercise runs
-on a CPU.
+the CUDA build of PyTorch first (see pytorch.org), then `pip install -e .`. Every exercise runs
+on a CPU. That brings torch, numpy and pytest, nothing heavier.
+
+The chapters are in `docs/` (Markdown). To read them as a site, with the math typeset:
+
+```bash
+pip install -e ".[docs]" && mkdocs serve     # then open http://127.0.0.1:8000
+```
 
 ## The loop
 
@@ -183,9 +195,12 @@ def build_handout(out: Path, root: Path = REPO_ROOT, modules: list[Module] | Non
         (target / module.file).write_text(make_stub(reference.read_text(), str(reference)))
 
     if (root / "docs").is_dir():
-        # Chapters and their assets; no code files (figure scripts may run reference code).
-        _copy_tree(root / "docs", out / "docs", skip_suffixes={".py", ".ipynb"})
+        # Chapters and their assets; no code files (figure scripts may run reference code), no instructors' pages.
+        _copy_tree(root / "docs", out / "docs", skip_suffixes={".py", ".ipynb"}, skip_names=INSTRUCTOR_PAGES)
         draw_figures(root, out / "docs" / "figures")
+        _write_in_generated_sections(out / "docs", modules, root)
+        if (root / "mkdocs.yml").is_file():
+            (out / "mkdocs.yml").write_text(_mkdocs_yml((root / "mkdocs.yml").read_text(), out / "docs", modules))
 
     for name in learner_grader_files(root / "grader"):
         (out / "grader" / name).parent.mkdir(parents=True, exist_ok=True)
@@ -197,6 +212,40 @@ def build_handout(out: Path, root: Path = REPO_ROOT, modules: list[Module] | Non
     (out / "pyproject.toml").write_text(_pyproject(root))
     (out / ".gitignore").write_text(_gitignore())
     return out
+
+
+def _write_in_generated_sections(docs: Path, modules: list[Module], root: Path) -> None:
+    """What the repository's docs build adds with its hooks, written into the handout's pages (it has no hooks):
+    each chapter's "What you write" section and the contract page."""
+    from grader.publish.contract import fill_contract_page, insert_section, stub_of, what_you_write
+
+    for module in modules:
+        chapter = docs / f"{module.name}.md"
+        stub = stub_of(module, root)
+        if chapter.is_file() and stub is not None:
+            chapter.write_text(insert_section(chapter.read_text(), what_you_write(module, stub)))
+    contract = docs / "contract.md"
+    if contract.is_file():
+        contract.write_text(fill_contract_page(contract.read_text(), modules, root))
+
+
+def _mkdocs_yml(config: str, docs: Path, modules: list[Module]) -> str:
+    """The repository's site config without its hooks (not shipped), with the navigation written out."""
+    config = re.sub(r"^hooks:\n(?:[ \t]+- .*\n)+", "", config, flags=re.MULTILINE)
+    config = config.split("\nnav:", 1)[0].rstrip()
+    config = re.sub(r"^# Filled by hooks\.py.*$", "", config, flags=re.MULTILINE).rstrip()
+    chapters = [(m, docs / f"{m.name}.md") for m in modules if (docs / f"{m.name}.md").is_file()]
+    lines = ["", "", "# The handout's pages: the home page, the chapters, the contract and the harness guide.", "nav:",
+             "  - Home: index.md", "  - Modules:"]
+    for module, chapter in chapters:
+        title = chapter.read_text().splitlines()[0].lstrip("# ").strip() or module.name
+        lines.append(f"      - {_yaml_string(title)}: {chapter.name}")
+    lines += [f"  - {title}: {page}" for title, page in LEARNER_GUIDES if (docs / page).is_file()]
+    return config + "\n".join(lines) + "\n"
+
+
+def _yaml_string(text: str) -> str:
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def draw_figures(root: Path, target: Path) -> list[str]:

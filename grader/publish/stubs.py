@@ -11,14 +11,24 @@ a region at module level (an import or helper only the solution needs) disappear
 nbgrader's own, so the same file feeds nbgrader's release. Signatures and docstrings live outside the
 regions, so the stub and the reference can never disagree on them: `llmlab stubs --check` (and the
 meta-suite) fail when a committed stub is not what its reference generates.
+
+`llmlab stubs` never overwrites a learner's work. It keeps a record of what it wrote (the SHA-256 of each
+stub, in `.llmlab/stubs.json`, next to `exercises/`) and replaces a file only when it is byte for byte the
+stub it last wrote, or, with no record (a fresh clone), when the file is still a stub: every function the
+new stub asks for still raises `NotImplementedYet` in it. Anything else is refused, by name; `--force`
+overrides.
 """
 
 from __future__ import annotations
 
 import ast
+import hashlib
+import json
 from pathlib import Path
 
 from grader.harness.course import MODULES, REPO_ROOT, Module
+from grader.harness.files import atomic_write
+from grader.harness.loader import functions_still_to_write
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -112,11 +122,67 @@ def stale_stubs(root: Path = REPO_ROOT) -> list[Module]:
     return stale
 
 
-def write_stubs(root: Path = REPO_ROOT) -> list[Path]:
-    written = []
-    for module in stale_stubs(root):
+def existing_modules_of(root: Path) -> list[Module]:
+    return [m for m in MODULES if solution_path(m, root).is_file()]
+
+
+def record_path(root: Path = REPO_ROOT) -> Path:
+    """Where `llmlab stubs` records the SHA-256 of every stub it wrote (git ignores `.llmlab/`)."""
+    return root / ".llmlab" / "stubs.json"
+
+
+def _sha256(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _load_record(root: Path) -> dict[str, str]:
+    try:
+        return dict(json.loads(record_path(root).read_text()))
+    except (OSError, ValueError, TypeError):
+        return {}
+
+
+def is_untouched(path: Path, new_stub: str, record: dict[str, str], key: str) -> bool:
+    """True when overwriting `path` loses nothing: it is the stub last written, or (no record) still a stub."""
+    if not path.is_file():
+        return True
+    text = path.read_text()
+    if key in record:
+        return record[key] == _sha256(text)
+    return set(functions_still_to_write(new_stub)) <= set(functions_still_to_write(text))
+
+
+class StubsWouldOverwrite(RuntimeError):
+    """A stale stub was edited since `llmlab stubs` wrote it (a learner's work?): refused without --force."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths = paths
+        names = ", ".join(str(p) for p in paths)
+        super().__init__(f"not overwritten, edited since `llmlab stubs` wrote them: {names} (use --force to replace them)")
+
+
+def write_stubs(root: Path = REPO_ROOT, force: bool = False) -> list[Path]:
+    """Regenerate the stale stubs; refuse (StubsWouldOverwrite, nothing written) if one holds edits, unless `force`."""
+    record = _load_record(root)
+    plan: list[tuple[Path, str, str]] = []
+    refused: list[Path] = []
+    stale = stale_stubs(root)
+    for module in existing_modules_of(root):
+        if module not in stale:  # up to date: what the generator writes, so recorded as written by it
+            stub = stub_path(module, root)
+            record[stub.relative_to(root).as_posix()] = _sha256(stub.read_text())
+    for module in stale:
         stub = stub_path(module, root)
-        stub.parent.mkdir(parents=True, exist_ok=True)
-        stub.write_text(make_stub(solution_path(module, root).read_text(), str(solution_path(module, root))))
-        written.append(stub)
-    return written
+        key = stub.relative_to(root).as_posix()
+        text = make_stub(solution_path(module, root).read_text(), str(solution_path(module, root)))
+        if not force and not is_untouched(stub, text, record, key):
+            refused.append(stub)
+        plan.append((stub, key, text))
+    if refused:
+        raise StubsWouldOverwrite(refused)
+    for stub, key, text in plan:
+        atomic_write(stub, text)
+        record[key] = _sha256(text)
+    if record != _load_record(root):
+        atomic_write(record_path(root), json.dumps(record, indent=1, sort_keys=True) + "\n")
+    return [stub for stub, _, _ in plan]

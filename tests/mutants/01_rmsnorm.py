@@ -82,3 +82,7 @@ ALTERNATIVES = [
            [(STATS, "mean_square = (x32 * x32).sum(dim=-1, keepdim=True) / x32.shape[-1]"),
             (NORMALISE, "normalised = ((1.0 / torch.sqrt(mean_square + eps)) * x32).to(input_dtype)")]),
 ]
+
+# Mutants that no fast, torch-only public test can catch, with the reason; every other mutant fails a public
+# test (tests/test_modules.py checks it, and that at most a third of the mutants are here).
+HIDDEN_ONLY = {}

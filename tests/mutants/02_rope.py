@@ -104,3 +104,7 @@ ALTERNATIVES = [
                      "    angles = angles.reshape(*positions.shape, -1)"),
             (ROTATED, "cos, sin = cos.to(x.dtype), sin.to(x.dtype)\n    rotated = x * cos + rotate_half(x) * sin")]),
 ]
+
+# Mutants that no fast, torch-only public test can catch, with the reason; every other mutant fails a public
+# test (tests/test_modules.py checks it, and that at most a third of the mutants are here).
+HIDDEN_ONLY = {}

@@ -139,3 +139,7 @@ ALTERNATIVES = [
              "    sizes = {\"parameters\": param_bytes, \"gradients\": grad_bytes, \"optimizer\": optimizer_bytes}\n"
              "    return float(sum(size * num_params / (num_gpus if name in partitioned else 1) for name, size in sizes.items()))")]),
 ]
+
+# Mutants that no fast, torch-only public test can catch, with the reason; every other mutant fails a public
+# test (tests/test_modules.py checks it, and that at most a third of the mutants are here).
+HIDDEN_ONLY = {}

@@ -155,3 +155,16 @@ ALTERNATIVES = [
            "input_pos the others, all concatenated once at the end",
            [(GENERATE_WITH_CACHE, GPT_FAST_DECODE + "    return torch.cat([input_ids, *generated, next_token], dim=1)\n")]),
 ]
+
+# Mutants that no fast, torch-only public test can catch, with the reason; every other mutant fails a public
+# test (tests/test_modules.py checks it, and that at most a third of the mutants are here).
+HIDDEN_ONLY = {
+    "positions_restart_at_zero": "the public suite's decoder is the stub's tiny one, whose greedy tokens do not reveal the "
+                                 "positions; the hidden suite compares every step's logits with transformers' Llama",
+    "prefill_twice": "a second prefill leaves the greedy tokens of the tiny public decoder unchanged; the hidden suite "
+                     "checks the cache's length and logits against transformers' DynamicCache",
+    "refeed_whole_sequence_with_cache": "the tiny public decoder's greedy tokens survive the refeeding; the hidden suite "
+                                        "checks the cache's length and logits against transformers' DynamicCache",
+    "ignores_use_cache": "with and without the cache the tokens are equal by design; only the hidden suite, which counts "
+                         "the tokens each model call receives, tells them apart",
+}

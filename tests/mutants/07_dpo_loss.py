@@ -131,3 +131,7 @@ ALTERNATIVES = [
            "and shifted left, cross-entropy over every position with reduction='none', summed per row",
            [(GATHER_AND_SUM, TRANSFORMERS_LOSS.format(logits="logits"))]),
 ]
+
+# Mutants that no fast, torch-only public test can catch, with the reason; every other mutant fails a public
+# test (tests/test_modules.py checks it, and that at most a third of the mutants are here).
+HIDDEN_ONLY = {}

@@ -154,3 +154,16 @@ ALTERNATIVES = [
            [("    per_rank = size // world_size\n    start = rank * per_rank\n    return batch[start : start + per_rank]",
              "    return torch.chunk(batch, world_size, dim=0)[rank]")]),
 ]
+
+# Mutants that no fast, torch-only public test can catch, with the reason; every other mutant fails a public
+# test (tests/test_modules.py checks it, and that at most a third of the mutants are here).
+HIDDEN_ONLY = {
+    "never_destroyed": "a process group left alive when the worker exits changes no result a public test can see; "
+                       "the hidden suite checks that the group is destroyed",
+    "no_timeout": "only a rank that hangs shows it, and a public test of that waits out a whole timeout with two "
+                  "processes; the hidden suite has the time budget for it",
+    "fixed_port": "a fixed port only collides when two launches run at the same time; the fast public tests run one "
+                  "launch at a time",
+    "completion_order": "on a machine at rest the ranks finish in rank order, so results in completion order look right "
+                        "to a fast test; telling them apart needs ranks that are slowed on purpose (hidden)",
+}
