@@ -9,7 +9,7 @@ import math
 
 import torch
 
-from grader.harness.checks import assert_close, assert_raises, assert_shape, tolerance_for
+from grader.harness.checks import assert_close, assert_raises, assert_shape, expect, tolerance_for
 
 
 def attention_float64(q, k, v, causal=True, padding_mask=None, scale=None):
@@ -70,6 +70,20 @@ def test_attention_without_mask(impl):
                  dtype=torch.float32, mistakes=mistakes)
 
 
+def test_attention_uses_the_scale_argument(impl):
+    """attention(..., scale=0.3) multiplies the scores by 0.3, not by the default 1/sqrt(head_dim)."""
+    q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8)
+    mistakes = {"the scale argument is ignored: use it when given, head_dim ** -0.5 only when it is None": attention_float64(q, k, v, False)}
+    assert_close(impl.attention(q, k, v, causal=False, scale=0.3), attention_float64(q, k, v, False, scale=0.3),
+                 what="attention(q, k, v, causal=False, scale=0.3)", dtype=torch.float32, mistakes=mistakes)
+
+
+def test_attention_rejects_heads_not_a_multiple_of_kv_heads(impl):
+    """attention with 3 query heads over 2 kv heads raises ValueError: heads must split into equal groups."""
+    q, kv = torch.randn(1, 3, 4, 8), torch.randn(1, 2, 4, 8)
+    assert_raises(ValueError, impl.attention, q, kv, kv, when="for 3 query heads over 2 kv heads (check heads % kv_heads == 0 first)")
+
+
 def test_causal_mask_for_a_decode_step(impl):
     """With 3 new queries after 5 cached keys (q_len 3, kv_len 8), query i sees keys 0 .. i + 5."""
     q, k, v = torch.randn(1, 2, 3, 8), torch.randn(1, 2, 8, 8), torch.randn(1, 2, 8, 8)
@@ -93,7 +107,7 @@ def test_bfloat16_in_bfloat16_out(impl):
     """bfloat16 inputs give a bfloat16 output (softmax in float32 inside)."""
     q, k, v = (torch.randn(1, 2, 4, 8).to(torch.bfloat16) for _ in range(3))
     out = impl.attention(q, k, v)
-    assert out.dtype == torch.bfloat16, f"attention returned {out.dtype} for bfloat16 inputs: cast the result back to q.dtype"
+    expect(out.dtype == torch.bfloat16, f"attention returned {out.dtype} for bfloat16 inputs: cast the result back to q.dtype")
 
 
 class ListCache:
@@ -118,12 +132,12 @@ def test_module_layout_like_llama_attention(impl):
     layer = impl.GroupedQueryAttention(64, 8, 2)
     shapes = {name: tuple(p.shape) for name, p in layer.named_parameters()}
     want = {"q_proj.weight": (64, 64), "k_proj.weight": (16, 64), "v_proj.weight": (16, 64), "o_proj.weight": (64, 64)}
-    assert shapes == want, f"GroupedQueryAttention(64, 8, 2) has parameters {shapes}, expected {want} (no bias)"
+    expect(shapes == want, f"GroupedQueryAttention(64, 8, 2) has parameters {shapes}, expected {want} (no bias)")
     assert_shape(layer(torch.randn(2, 5, 64)), (2, 5, 64), what="GroupedQueryAttention(64, 8, 2)(x) for x of shape (2, 5, 64)")
     assert_raises(ValueError, impl.GroupedQueryAttention, 64, 8, 3, when="for GroupedQueryAttention(64, 8, 3)")
 
 
-def gqa_float64(weights, x, chunks, heads=4, kv_heads=2, restart_positions=False):
+def gqa_float64(weights, x, chunks, heads=4, kv_heads=2, restart_positions=False, padding_mask=None, base=10000.0):
     """The layer in float64 from its weights, fed chunk by chunk; `restart_positions` numbers each chunk from 0."""
     w = {name: t.double() for name, t in weights.items()}
     batch, seq, _ = x.shape
@@ -132,8 +146,9 @@ def gqa_float64(weights, x, chunks, heads=4, kv_heads=2, restart_positions=False
     outs = []
     for a, b in chunks:
         positions = torch.arange(b - a) if restart_positions else torch.arange(a, b)
-        keys = torch.cat([rope_float64(k[:, :, c:d], torch.arange(d - c) if restart_positions else torch.arange(c, d)) for c, d in chunks if d <= b], dim=2)
-        out = attention_float64(rope_float64(q[:, :, a:b], positions), keys, v[:, :, :b], causal=True)
+        keys = torch.cat([rope_float64(k[:, :, c:d], torch.arange(d - c) if restart_positions else torch.arange(c, d), base) for c, d in chunks if d <= b], dim=2)
+        padding = None if padding_mask is None else padding_mask[:, :b]
+        out = attention_float64(rope_float64(q[:, :, a:b], positions, base), keys, v[:, :, :b], causal=True, padding_mask=padding)
         outs.append(out.transpose(1, 2).reshape(batch, b - a, -1) @ w["o_proj.weight"].T)
     return torch.cat(outs, dim=1)
 
@@ -156,7 +171,32 @@ def test_module_with_a_cache_equals_the_full_pass(impl):
     assert_close(parts, truth, what="the outputs fed through a cache (4, then 1, then 1 token)", tol=float32, mistakes=mistakes)
 
 
+def test_module_passes_its_padding_mask_on(impl):
+    """GroupedQueryAttention(32, 4, 2)(x, padding_mask=...) gives no attention to the padded keys (False in the mask)."""
+    layer = impl.GroupedQueryAttention(32, 4, 2).double()
+    weights = {name: t.detach().clone() for name, t in layer.state_dict().items()}
+    x = torch.randn(2, 6, 32, dtype=torch.float64)
+    padding = torch.tensor([[True, True, False, True, True, True], [True] * 6])
+    with torch.no_grad():
+        out = layer(x.clone(), padding_mask=padding)
+    mistakes = {"the module ignores padding_mask: pass it on to attention(..., padding_mask=padding_mask)": gqa_float64(weights, x, [(0, 6)])}
+    assert_close(out, gqa_float64(weights, x, [(0, 6)], padding_mask=padding), what="GroupedQueryAttention(32, 4, 2) with a padding mask",
+                 tol=tolerance_for(torch.float32), mistakes=mistakes)
+
+
+def test_module_uses_rope_theta(impl):
+    """GroupedQueryAttention(32, 4, 2, rope_theta=500.0) rotates with base 500, not the default 10000."""
+    layer = impl.GroupedQueryAttention(32, 4, 2, rope_theta=500.0).double()
+    weights = {name: t.detach().clone() for name, t in layer.state_dict().items()}
+    x = torch.randn(1, 6, 32, dtype=torch.float64)
+    with torch.no_grad():
+        out = layer(x.clone())
+    mistakes = {"rope_theta is ignored: pass self.rope_theta as the base of rope_cos_sin": gqa_float64(weights, x, [(0, 6)])}
+    assert_close(out, gqa_float64(weights, x, [(0, 6)], base=500.0), what="GroupedQueryAttention(32, 4, 2, rope_theta=500.0)",
+                 tol=tolerance_for(torch.float32), mistakes=mistakes)
+
+
 def test_kv_cache_saving(impl):
     """kv_cache_saving(64, 8) is 8.0: GQA with 8 kv heads stores 8 times less than MHA with 64."""
     got = impl.kv_cache_saving(64, 8)
-    assert abs(got - 8.0) < 1e-12, f"kv_cache_saving(64, 8) is {got}, expected 8.0" + (" (inverted: num_heads / num_kv_heads)" if abs(got - 0.125) < 1e-12 else "")
+    expect(abs(got - 8.0) < 1e-12, f"kv_cache_saving(64, 8) is {got}, expected 8.0" + (" (inverted: num_heads / num_kv_heads)" if abs(got - 0.125) < 1e-12 else ""))

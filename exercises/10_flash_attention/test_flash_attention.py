@@ -8,7 +8,7 @@ Read docs/10_flash_attention.md.
 
 import torch
 
-from grader.harness.checks import assert_close, assert_raises, assert_shape
+from grader.harness.checks import assert_close, assert_raises, assert_shape, expect
 
 
 def attention_float64(q, k, v, causal=False, scale=None):
@@ -51,12 +51,10 @@ def test_online_softmax_fully_masked_row(impl):
     m, l, acc = fresh(2, 3)
     scores = torch.tensor([[0.5, -1.0], [float("-inf"), float("-inf")]])
     m, l, acc = impl.online_softmax_update(m, l, acc, scores, torch.randn(2, 3))
-    assert not bool(torch.isnan(l).any() | torch.isnan(acc).any()), (
-        f"a fully masked row gave NaN (l = {l.tolist()}): -inf - (-inf) is NaN; where the running max is still -inf, subtract 0 instead"
-    )
-    assert m[1].item() == float("-inf") and l[1].item() == 0.0 and bool((acc[1] == 0).all()), (
-        f"a fully masked row should keep m = -inf, l = 0, acc = 0; got m = {m[1].item()}, l = {l[1].item()}, acc = {acc[1].tolist()}"
-    )
+    expect(not bool(torch.isnan(l).any() | torch.isnan(acc).any()),
+           f"a fully masked row gave NaN (l = {l.tolist()}): -inf - (-inf) is NaN; where the running max is still -inf, subtract 0 instead")
+    expect(m[1].item() == float("-inf") and l[1].item() == 0.0 and bool((acc[1] == 0).all()),
+           f"a fully masked row should keep m = -inf, l = 0, acc = 0; got m = {m[1].item()}, l = {l[1].item()}, acc = {acc[1].tolist()}")
 
 
 def test_flash_attention_matches_attention(impl):
@@ -81,12 +79,29 @@ def test_flash_attention_causal(impl):
     assert_close(lse, want_lse, what="lse of flash_attention(causal=True)", dtype=torch.float32)
 
 
+def test_flash_attention_causal_skips_tiles_above_the_diagonal(impl, monkeypatch):
+    """Under causal, no tile whose scores are all masked reaches online_softmax_update: tiles above the diagonal are skipped."""
+    tiles = []
+    update = impl.online_softmax_update
+
+    def watched(m, l, acc, scores, v):
+        tiles.append(bool(torch.isneginf(scores).all()))
+        return update(m, l, acc, scores, v)
+
+    monkeypatch.setattr(impl, "online_softmax_update", watched)
+    q = torch.randn(1, 1, 64, 8)
+    impl.flash_attention(q, q, q, causal=True, block_q=16, block_k=16)
+    expect(not any(tiles), f"{sum(tiles)} of the {len(tiles)} tiles folded in under causal=True were entirely masked: a key block "
+           "that starts after the last query of the block (k_start > q_end - 1) lies above the diagonal; stop the key loop there "
+           "instead of computing and masking it")
+
+
 def test_flash_attention_keeps_the_dtype(impl):
     """bfloat16 inputs give a bfloat16 out and a float32 lse."""
     q, k, v = (torch.randn(1, 1, 20, 8).to(torch.bfloat16) for _ in range(3))
     out, lse = impl.flash_attention(q, k, v, block_q=8, block_k=8)
-    assert out.dtype == torch.bfloat16, f"out has dtype {out.dtype} for bfloat16 inputs: cast it back to q.dtype"
-    assert lse.dtype == torch.float32, f"lse has dtype {lse.dtype}: keep it in float32"
+    expect(out.dtype == torch.bfloat16, f"out has dtype {out.dtype} for bfloat16 inputs: cast it back to q.dtype")
+    expect(lse.dtype == torch.float32, f"lse has dtype {lse.dtype}: keep it in float32")
 
 
 def test_flash_attention_rejects_empty_blocks(impl):
@@ -99,8 +114,8 @@ def test_flash_attention_rejects_empty_blocks(impl):
 def test_attention_memory_bytes(impl):
     """At 4096 tokens, head_dim 128, blocks of 64, float32: 64 MiB of scores naively, 48.5 KiB for a tile and its state."""
     naive, tiled = impl.attention_memory_bytes(4096, 128, 64, 64)
-    assert naive == 4096 * 4096 * 4, f"naive is {naive}, expected 4096 ** 2 * 4 = {4096 * 4096 * 4}"
-    assert tiled == (64 * 64 + 64 * 130) * 4, (
-        f"tiled is {tiled}, expected (64 * 64 + 64 * (128 + 2)) * 4 = {(64 * 64 + 64 * 130) * 4}: one tile of scores, "
-        "plus the acc (head_dim), m and l (2) of each of the block's queries"
-    )
+    expect(naive == 4096 * 4096 * 4, f"naive is {naive}, expected 4096 ** 2 * 4 = {4096 * 4096 * 4}"
+           + (": that is in elements, multiply by bytes_per_element" if naive == 4096 * 4096 else ""))
+    expect(tiled == (64 * 64 + 64 * 130) * 4,
+           f"tiled is {tiled}, expected (64 * 64 + 64 * (128 + 2)) * 4 = {(64 * 64 + 64 * 130) * 4}: one tile of scores, "
+           "plus the acc (head_dim), m and l (2) of each of the block's queries")

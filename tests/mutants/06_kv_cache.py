@@ -167,4 +167,5 @@ HIDDEN_ONLY = {
                                         "checks the cache's length and logits against transformers' DynamicCache",
     "ignores_use_cache": "with and without the cache the tokens are equal by design; only the hidden suite, which counts "
                          "the tokens each model call receives, tells them apart",
+    "gpt_fast_generate_one_token_crash": "it crashes only when exactly one new token is asked for; the public generate tests ask for several, the hidden suite for one too",
 }

@@ -109,3 +109,7 @@ ALTERNATIVES = [
            [(DRAW, "noise = torch.empty_like(probs).exponential_(1.0, generator=generator)\n"
                    "    return (probs / noise).argmax(dim=-1)")]),
 ]
+
+# Mutants that no fast, torch-only public test can catch, with the reason; every other mutant fails a public
+# test (tests/test_modules.py checks it, and that at most a third of the mutants are here).
+HIDDEN_ONLY = {}

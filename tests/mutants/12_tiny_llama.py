@@ -98,3 +98,7 @@ ALTERNATIVES = [
     Mutant("swiglu_functional", "SwiGLU through F.linear on the three weights",
            [(MLP, "return F.linear(F.silu(F.linear(x, self.gate_proj.weight)) * F.linear(x, self.up_proj.weight), self.down_proj.weight)")]),
 ]
+
+# Mutants that no fast, torch-only public test can catch, with the reason; every other mutant fails a public
+# test (tests/test_modules.py checks it, and that at most a third of the mutants are here).
+HIDDEN_ONLY = {}
