@@ -326,7 +326,7 @@ def gqa_cache_and_groups(out: Path) -> None:
     for n in (8, 4, 2, 1):
         ids = torch.arange(n, dtype=torch.float32).view(1, n, 1, 1)
         rows.append(ref.repeat_kv(ids, 8 // n).flatten())  # (8,): the kv head of each query head
-    right.imshow(torch.stack(rows), cmap="tab10", vmin=-0.5, vmax=9.5, aspect="auto")
+    right.imshow(torch.stack(rows).numpy(), cmap="tab10", vmin=-0.5, vmax=9.5, aspect="auto")
     for r, n in enumerate((8, 4, 2, 1)):
         for h in range(8):
             right.text(h, r, f"{rows[r][h]:.0f}", ha="center", va="center", fontsize=8, color="white")
@@ -379,7 +379,7 @@ def sampling_filters(out: Path) -> None:
     ref = reference("11_sampling")
     logits = torch.tensor([[2.6, 2.2, 1.9, 1.5, 1.2, 0.9, 0.5, 0.1, -0.4, -0.9, -1.5, -2.2]])
     seen = torch.tensor([[0, 1, 0]])  # tokens 0 and 1 are already in the sequence
-    tokens = torch.arange(logits.shape[-1])
+    tokens = torch.arange(logits.shape[-1]).numpy()  # matplotlib takes NumPy arrays, not tensors
     panels = [
         ("temperature 0.6", ref.apply_temperature(logits, 0.6)),
         ("temperature 1.8", ref.apply_temperature(logits, 1.8)),
@@ -388,14 +388,14 @@ def sampling_filters(out: Path) -> None:
         ("min-p, min_p = 0.15", ref.min_p_filter(logits, 0.15)),
         ("repetition penalty 1.5\n(tokens 0 and 1 seen)", ref.apply_repetition_penalty(logits, seen, 1.5)),
     ]
-    before = logits.softmax(-1)[0]
+    before = logits.softmax(-1)[0].numpy()
     fig, axes = plt.subplots(2, 3, figsize=(10, 5.2), dpi=110, constrained_layout=True, sharey=True)
     for ax, (title, processed) in zip(axes.flat, panels):
-        after = processed.softmax(-1)[0]
+        after = processed.softmax(-1)[0].numpy()
         ax.bar(tokens - 0.2, before, 0.4, color=GREY, label="before")
         ax.bar(tokens + 0.2, after, 0.4, color=BLUE, label="after")
-        removed = ~torch.isfinite(processed[0])
-        ax.scatter(tokens[removed], torch.zeros(int(removed.sum())), marker="x", color=RED, zorder=3, label="removed")
+        removed = (~torch.isfinite(processed[0])).numpy()
+        ax.scatter(tokens[removed], [0.0] * int(removed.sum()), marker="x", color=RED, zorder=3, label="removed")
         ax.set_title(f"{title}: {int((~removed).sum())} tokens left")
         ax.set_xticks(tokens)
         ax.set_xlabel("token (by logit, largest first)")
