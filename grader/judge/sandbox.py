@@ -156,11 +156,17 @@ def bwrap_arguments(folder: Path, extra_secrets: tuple[Path, ...] = ()) -> list[
         while parent not in made and parent not in parents:
             parents.add(parent)
             parent = os.path.dirname(parent)
+    # The private /tmp first, then the folders on the way (a checkout or venv under /tmp, as CI's clone has:
+    # made before the tmpfs, they would be covered by it and made again with mode 700), then the binds.
+    for mount in mounts:
+        if mount[0] == "--tmpfs":
+            args += ["--perms", "1777", *mount]
     for parent in sorted(parents, key=lambda p: (p.count("/"), p)):
         if not os.path.islink(parent):
             args += ["--perms", "0755", "--dir", parent]
     for mount in mounts:
-        args += (["--perms", "1777"] if mount[0] == "--tmpfs" else []) + list(mount)
+        if mount[0] != "--tmpfs":
+            args += list(mount)
     return [*args, "--chdir", str(folder)]
 
 
