@@ -165,3 +165,17 @@ def test_private_uids_are_leased_machine_wide():
     with private_uid() as first, private_uid() as second:
         assert first != second
         assert UID_BASE <= first < UID_BASE + UID_COUNT and UID_BASE <= second < UID_BASE + UID_COUNT
+
+
+def test_a_venv_under_tmp_stays_enterable_in_bwrap(monkeypatch, tmp_path):
+    """With the checkout and its venv under /tmp (a CI clone), the folders on the way to the venv are made
+    after the private /tmp, so the tmpfs does not cover them and bwrap does not make them again with mode 700."""
+    from grader.judge import sandbox
+
+    monkeypatch.setattr(sandbox, "runtime_paths", lambda *args, **kwargs: ["/tmp/llmlab-clone/.venv"])
+    args = sandbox.bwrap_arguments(tmp_path)
+    pairs = list(zip(args, args[1:]))
+    tmpfs = pairs.index(("--tmpfs", "/tmp"))
+    made = pairs.index(("--dir", "/tmp/llmlab-clone"))
+    bound = pairs.index(("--ro-bind", "/tmp/llmlab-clone/.venv"))
+    assert tmpfs < made < bound, (tmpfs, made, bound)
