@@ -16,6 +16,7 @@ The judge (this process) never runs a submission's code. It:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -100,6 +101,54 @@ def collect_expected(modules: list[Module]) -> list[ExpectedTest]:
     return collector.tests
 
 
+class Collection:
+    """The judge's collection, made in a subprocess that starts at once, so that the first workers (which
+    import the same libraries inside their sandboxes) start beside it instead of after it. `tests()` waits
+    for it; the subprocess runs this repository's code as the judge, never a learner's."""
+
+    def __init__(self, modules: list[Module]) -> None:
+        self.modules = modules
+        self._tests: list[ExpectedTest] | None = None
+        self._lock = threading.Lock()
+        self._output = tempfile.TemporaryFile()
+        code = "import sys; from grader.judge.grade import _collect_main; sys.exit(_collect_main(sys.argv[1:]))"
+        self._process = subprocess.Popen([sys.executable, "-c", code, *(m.name for m in modules)], cwd=REPO_ROOT,
+                                         stdout=self._output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def tests(self) -> list[ExpectedTest]:
+        with self._lock:
+            if self._tests is None:
+                code = self._process.wait()
+                self._output.seek(0)
+                text = self._output.read().decode(errors="replace")
+                self._output.close()
+                marker = "\n" + _COLLECTED
+                if code != 0 or marker not in "\n" + text:
+                    raise RuntimeError(text.strip()[-4000:] or f"the judge's collection exited {code}")
+                rows = json.loads(("\n" + text).rsplit(marker, 1)[1])
+                self._tests = [ExpectedTest(**row) for row in rows]
+            return self._tests
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            self._process.kill()
+            self._process.wait()
+
+
+_COLLECTED = "llmlab-collected: "
+
+
+def _collect_main(names: list[str]) -> int:
+    """`Collection`'s subprocess: collect, print the tests as one JSON line after a marker."""
+    try:
+        tests = collect_expected([get_module(name) for name in names])
+    except RuntimeError as error:
+        print(error, flush=True)
+        return 1
+    print(_COLLECTED + json.dumps([dataclasses.asdict(t) for t in tests]), flush=True)
+    return 0
+
+
 def graded_modules(names: list[str] | None = None) -> list[Module]:
     """The modules to grade: those named, or every registered module that has a hidden suite."""
     if names:
@@ -180,7 +229,6 @@ def run_worker(submission: Submission, modules: list[Module], expected: list[Exp
     """Run the sandboxed worker; return (results by test id, load failures by module, worker error)."""
     isolation = options.isolation or detect_isolation()
     box = Sandbox.create({k: v for k, v in submission.files.items() if find_module(k.split("/")[0]) in modules}, modules, uid)
-    wanted = {t.id for t in expected}
     results: dict[str, dict] = {}
     loads: dict[str, dict] = {}
     error = ""
@@ -206,6 +254,9 @@ def run_worker(submission: Submission, modules: list[Module], expected: list[Exp
     try:
         process.stdin.write((json.dumps(config) + "\n").encode())
         process.stdin.close()
+        if callable(expected):  # the judge's collection, which ran beside the worker's start
+            expected = expected()
+        wanted = {t.id for t in expected}
         budget = options.startup_s + sum(t.seconds_allowed(options.timeout) + 5 for t in expected) + len(modules) * (options.timeout + 5)
         deadline = time.monotonic() + budget
         buffer = b""
@@ -267,14 +318,20 @@ def _run_time_flags(tests: list[TestOutcome]) -> list[str]:
     return flags
 
 
-def grade_submission(submission: Submission, expected: list[ExpectedTest], options: Options,
+def grade_submission(submission: Submission, expected: list[ExpectedTest] | Collection, options: Options,
                      uid: int | None = None, on_result=None) -> Record:
+    """Grade one submission. `expected` may be a `Collection` still running: the worker starts meanwhile."""
     start = time.monotonic()
     isolation = options.isolation or detect_isolation()
     names = [m.name for m in options.modules]
     present = [m for m in options.modules if f"{m.name}/{m.file}" in submission.files]
-    mine = [t for t in expected if t.module in {m.name for m in present}]
+    everything = expected.tests if isinstance(expected, Collection) else (lambda: expected)
+
+    def mine() -> list[ExpectedTest]:
+        return [t for t in everything() if t.module in {m.name for m in present}]
+
     results, loads, error = run_worker(submission, present, mine, options, uid, on_result) if present else ({}, {}, "")
+    expected = everything()
     tests = []
     for test in expected:
         module = get_module(test.module)
@@ -336,7 +393,14 @@ def grade_class(path: Path, options: Options, progress: bool = True, stream=None
     found, skipped = find_submissions(Path(path))
     for note in skipped:
         print(f"skipped {note}", file=sys.stderr)
-    expected = collect_expected(options.modules)
+    collection = Collection(options.modules)  # runs while the first workers start
+    try:
+        return _grade_class(found, out, options, collection, progress, stream)
+    finally:
+        collection.close()
+
+
+def _grade_class(found, out: Path, options: Options, collection: Collection, progress: bool, stream) -> list[Record]:
     options.isolation = options.isolation or detect_isolation()
     names = [m.name for m in options.modules]
     todo, records = [], {}
@@ -347,7 +411,24 @@ def grade_class(path: Path, options: Options, progress: bool = True, stream=None
             records[learner] = old
         else:
             todo.append(submission)
-    bar = Progress(len(found), len(todo) * len(expected), stream, enabled=progress)
+    if not todo:
+        collection.close()  # nothing to grade: no need to wait for it
+        expected = []
+    else:
+        expected = collection  # a list once the first worker needs it
+    bar = Progress(len(found), 0, stream, enabled=progress)
+
+    def tests() -> list[ExpectedTest]:
+        resolved = collection.tests()
+        bar.tests = max(len(todo) * len(resolved), 1)
+        return resolved
+
+    def measure_bar() -> None:  # the bar's length, as soon as the collection is in
+        with contextlib.suppress(RuntimeError):  # its errors reach the jobs that wait for it
+            tests()
+
+    if todo:
+        threading.Thread(target=measure_bar, daemon=True).start()
     for learner in sorted(records):
         bar.learner_done(learner, "already graded (use --force to grade again)", 0)
     lock = threading.Lock()
@@ -357,21 +438,22 @@ def grade_class(path: Path, options: Options, progress: bool = True, stream=None
             write_learner(out, record)
             records[record.learner] = record
             write_class(out, [records[k] for k in sorted(records)], options.modules)
-        bar.learner_done(record.learner, f"{record.total:g}/{record.max_total:g} in {record.seconds:.1f}s", len(expected))
+        bar.learner_done(record.learner, f"{record.total:g}/{record.max_total:g} in {record.seconds:.1f}s", len(record.tests))
 
     def one(submission: Submission) -> None:
         with private_uid() if options.isolation.setuid else contextlib.nullcontext() as uid:
             record = grade_submission(submission, expected, options, uid, bar.test_done)
+        tests()
         finish(record)
 
-    if options.scheduler:  # the judge still writes everything; only the grading runs on the cluster's workers
+    if options.scheduler and todo:  # the judge still writes everything; only the grading runs on the cluster's workers
         from grader.judge.cluster import grade_on_cluster
 
         def remote_done(record: Record) -> None:
-            bar.test_done(len(expected))
+            bar.test_done(len(record.tests))
             finish(record)
 
-        grade_on_cluster(options.scheduler, todo, expected, options, remote_done)
+        grade_on_cluster(options.scheduler, todo, tests(), options, remote_done)
     else:
         with ThreadPoolExecutor(max_workers=max(1, options.jobs)) as pool:
             for future in [pool.submit(one, s) for s in todo]:
