@@ -2,7 +2,8 @@
 
 Run: pytest grader/hidden/01_rmsnorm --impl solutions   (or --impl path/to/submission)
 
-Every expected value is computed before the learner's code runs, from inputs it never holds.
+The learner's functions get copies of the inputs: expected values come from the originals, computed after the
+learner's call, so nothing the learner's code could find in memory holds the answer yet.
 """
 
 import pytest
@@ -62,8 +63,8 @@ def test_matches_llama_rmsnorm(impl, device, dtype, shape):
     """rms_norm(x, weight) matches transformers' LlamaRMSNorm (weight in the input's dtype), for several shapes and dtypes."""
     x = random_input(shape, dtype, device)
     weight = (torch.rand(shape[-1]) + 0.5).to(device=device, dtype=dtype)
-    expected, exact, mistakes = llama_rms_norm(x, weight), truth(x, weight), known_mistakes(x, weight)
     out = impl.rms_norm(x.clone(), weight.clone())
+    expected, exact, mistakes = llama_rms_norm(x, weight), truth(x, weight), known_mistakes(x, weight)
     assert_close(out, expected, what=f"rms_norm(x, weight) for {dtype} x of shape {shape}", mistakes=mistakes)
     assert_close(out, exact, what="rms_norm(x, weight) against the float64 formula", dtype=dtype)
 
@@ -80,8 +81,8 @@ def test_output_dtype_follows_type_promotion(impl, device, x_dtype, weight_dtype
     """x and weight of different dtypes give the dtype weight * y promotes to (bf16 x, float32 weight: float32), values right to x's precision."""
     x = random_input((4, 64), x_dtype, device)
     weight = (torch.rand(64) + 0.5).to(device=device, dtype=weight_dtype)
-    expected, exact = llama_rms_norm(x, weight), truth(x, weight)
     out = impl.rms_norm(x.clone(), weight.clone())
+    expected, exact = llama_rms_norm(x, weight), truth(x, weight)
     # The dtype is graded exactly. The values are graded at x's precision: LlamaRMSNorm rounds the normalised x
     # to x.dtype before the weight, T5LayerNorm stays in float32 to the end. Both orders are right.
     want, tol = torch.promote_types(x_dtype, weight_dtype), tolerance_for(x_dtype, device)
@@ -95,17 +96,19 @@ def test_output_dtype_follows_type_promotion(impl, device, x_dtype, weight_dtype
 def test_without_weight_keeps_the_input_dtype(impl, device, dtype):
     """Without a weight the output has x's dtype and equals the normalised x."""
     x = random_input((3, 7, 48), dtype, device)
+    out = impl.rms_norm(x.clone())
     exact, mistakes = truth(x), known_mistakes(x)
-    assert_close(impl.rms_norm(x.clone()), exact, what=f"rms_norm(x) for {dtype} x", dtype=dtype, mistakes=mistakes)
+    assert_close(out, exact, what=f"rms_norm(x) for {dtype} x", dtype=dtype, mistakes=mistakes)
 
 
 @pytest.mark.points(2)
 def test_statistics_in_float32_for_float16(impl, device):
     """float16 values whose squares overflow float16 (|x| > 256) still normalise correctly: statistics in float32."""
     x = random_input((4, 64), torch.float16, device, scale=1.0) * 1000
+    out = impl.rms_norm(x.clone())
     exact = truth(x)
     assert_close(
-        impl.rms_norm(x.clone()),
+        out,
         exact,
         what="rms_norm(x) for float16 x with values around 1000",
         dtype=torch.float16,
@@ -118,8 +121,8 @@ def test_statistics_in_float32_for_float16(impl, device):
 def test_eps_inside_the_square_root(impl, device, eps):
     """eps enters as sqrt(mean(x**2) + eps): checked on small inputs where eps matters."""
     x = random_input((5, 32), torch.float32, device, scale=1e-3)
-    exact, mistakes = truth(x, eps=eps), known_mistakes(x, eps=eps)
     out = impl.rms_norm(x.clone(), eps=eps)
+    exact, mistakes = truth(x, eps=eps), known_mistakes(x, eps=eps)
     assert_close(out, exact, what=f"rms_norm(x, eps={eps}) for x around 1e-3", dtype=torch.float32, mistakes=mistakes)
 
 
@@ -127,8 +130,9 @@ def test_eps_inside_the_square_root(impl, device, eps):
 def test_default_eps_is_1e_minus_6(impl, device):
     """Called without eps, rms_norm uses eps=1e-6 (LlamaRMSNorm's default)."""
     x = random_input((5, 32), torch.float32, device, scale=1e-3)
+    out = impl.rms_norm(x.clone())
     exact = truth(x, eps=1e-6)
-    assert_close(impl.rms_norm(x.clone()), exact, what="rms_norm(x) with the default eps", dtype=torch.float32)
+    assert_close(out, exact, what="rms_norm(x) with the default eps", dtype=torch.float32)
 
 
 @pytest.mark.points(1)
@@ -136,8 +140,9 @@ def test_all_zero_rows_give_zeros(impl, device):
     """An all-zero row normalises to zeros, with no NaN or inf."""
     x = torch.zeros(3, 16, device=device)
     x[1] = torch.randn(16, device=device)
+    out = impl.rms_norm(x.clone())
     exact = truth(x)
-    assert_close(impl.rms_norm(x.clone()), exact, what="rms_norm of a tensor with all-zero rows", dtype=torch.float32)
+    assert_close(out, exact, what="rms_norm of a tensor with all-zero rows", dtype=torch.float32)
 
 
 @pytest.mark.points(1)
@@ -146,8 +151,11 @@ def test_non_contiguous_input(impl, device):
     x = random_input((32, 6), torch.float32, device).t()  # (6, 32), not contiguous
     assert not x.is_contiguous()
     weight = (torch.rand(32) + 0.5).to(device)
+    x_copy = x.clone()  # clone keeps the strides: still not contiguous
+    assert not x_copy.is_contiguous()
+    out = impl.rms_norm(x_copy, weight.clone())
     exact, mistakes = truth(x, weight), known_mistakes(x, weight)
-    assert_close(impl.rms_norm(x, weight), exact, what="rms_norm of a transposed (non-contiguous) input", dtype=torch.float32, mistakes=mistakes)
+    assert_close(out, exact, what="rms_norm of a transposed (non-contiguous) input", dtype=torch.float32, mistakes=mistakes)
 
 
 @pytest.mark.points(2)
@@ -156,9 +164,9 @@ def test_normalises_over_the_last_dimension_only(impl, device):
     x = random_input((4, 6, 32), torch.float32, device)
     x2 = x.clone()
     x2[0, 0] *= 10
-    exact = truth(x)
     out = impl.rms_norm(x.clone())
     out2 = impl.rms_norm(x2)
+    exact = truth(x)
     assert_close(out2[1:], out[1:], what="outputs of the rows that were not changed")
     assert_close(out, exact, what="rms_norm(x) for x of shape (4, 6, 32)", dtype=torch.float32)
 
@@ -172,8 +180,8 @@ def test_gradients_match_autograd_of_the_formula(impl, device, with_weight):
     grad_out = torch.randn(3, 5, 24, device=device)
     x64 = x.detach().double().requires_grad_()
     w64 = weight.detach().double().requires_grad_() if with_weight else None
-    truth(x64, w64).backward(grad_out.double())
     impl.rms_norm(x, weight).backward(grad_out.clone())
+    truth(x64, w64).backward(grad_out.double())
     assert x.grad is not None, "rms_norm(x) gave no gradient for x: do not detach or leave autograd"
     assert_close(x.grad, x64.grad, what="the gradient of rms_norm with respect to x", dtype=torch.float32)
     if with_weight:
@@ -204,11 +212,12 @@ def test_layer_matches_llama_rmsnorm_with_its_state_dict(impl, device, dtype):
         reference.weight.copy_(torch.rand(64) + 0.5)
     reference = reference.to(device=device, dtype=dtype)
     x = random_input((2, 9, 64), dtype, device)
-    expected, mistakes = reference(x).detach(), known_mistakes(x, reference.weight.detach(), eps=1e-5)
     layer = impl.RMSNorm(64, eps=1e-5)
     layer.load_state_dict({name: tensor.clone() for name, tensor in reference.state_dict().items()})
     layer = layer.to(device=device, dtype=dtype)
-    assert_close(layer(x.clone()), expected, what=f"RMSNorm(64, eps=1e-5) for {dtype} x", mistakes=mistakes)
+    out = layer(x.clone())
+    expected, mistakes = reference(x).detach(), known_mistakes(x, reference.weight.detach(), eps=1e-5)
+    assert_close(out, expected, what=f"RMSNorm(64, eps=1e-5) for {dtype} x", mistakes=mistakes)
 
 
 @pytest.mark.points(1)
@@ -216,8 +225,9 @@ def test_layer_uses_its_eps(impl, device):
     """RMSNorm(dim, eps) uses its own eps in forward, not the default."""
     layer = impl.RMSNorm(32, eps=0.1).to(device)
     x = random_input((4, 32), torch.float32, device, scale=0.05)
+    out = layer(x.clone())
     exact = truth(x, eps=0.1)
-    assert_close(layer(x.clone()), exact, what="RMSNorm(32, eps=0.1)(x)", dtype=torch.float32)
+    assert_close(out, exact, what="RMSNorm(32, eps=0.1)(x)", dtype=torch.float32)
 
 
 @pytest.mark.points(1)

@@ -3,8 +3,8 @@ oracle, the formulas in float64 the truth.
 
 Run: pytest grader/hidden/02_rope --impl solutions   (or --impl path/to/submission)
 
-The learner's functions get copies of the inputs: expected values come from the originals, which no
-learner code ever holds.
+The learner's functions get copies of the inputs: expected values come from the originals, computed after the
+learner's call, so nothing the learner's code could find in memory holds the answer yet.
 """
 
 import math
@@ -176,7 +176,8 @@ def test_inv_freq_matches_llama(impl, head_dim, base):
 @pytest.mark.points(1)
 def test_inv_freq_default_base_is_10000(impl):
     """Called without base, rope_inv_freq uses 10000 (the original Transformer's and Llama 2's)."""
-    assert_close(impl.rope_inv_freq(64), inv_freq_truth(64, 10000.0), what="rope_inv_freq(64)", dtype=torch.float32)
+    inv_freq = impl.rope_inv_freq(64)
+    assert_close(inv_freq, inv_freq_truth(64, 10000.0), what="rope_inv_freq(64)", dtype=torch.float32)
 
 
 @pytest.mark.points(2)
@@ -298,10 +299,10 @@ def test_batched_tables_broadcast_over_heads(impl, device):
     batch = heads = 3
     positions = torch.stack([torch.arange(8) + start for start in (0, 40, 900)]).to(device)
     x = torch.randn(batch, heads, 8, 64, device=device)
-    cos, sin = llama_cos_sin(positions, 64, 10000.0)
+    cos, sin = llama_cos_sin(positions, 64, 10000.0)  # the inputs: tables laid out as rope_cos_sin makes them
+    out = impl.apply_rope(x.clone(), cos.clone(), sin.clone())
     angles = angles_truth(positions, 64, 10000.0)
     slack = pair_norms(x) * angle_error_bound(angles[:, None], 10000.0)
-    out = impl.apply_rope(x.clone(), cos.clone(), sin.clone())
     # without the heads dimension, (batch, seq, d) broadcasts as (1, batch, seq, d): head h gets batch row h's angles
     mistakes = {
         "the batched tables were not given a heads dimension: (batch, seq, d) must become (batch, 1, seq, d) "
@@ -316,9 +317,10 @@ def test_position_zero_is_the_identity(impl, device, dtype):
     """At position 0 every angle is 0: apply_rope returns x unchanged (cos = 1, sin = 0)."""
     x = torch.randn(2, 2, 1, 64).to(device=device, dtype=dtype)
     cos, sin = impl.rope_cos_sin(torch.zeros(1, dtype=torch.long, device=device), 64)
+    out = impl.apply_rope(x.clone(), cos.clone(), sin.clone())
     assert_close(cos, torch.ones(1, 64), what="cos at position 0", dtype=torch.float32)
     assert_close(sin, torch.zeros(1, 64), what="sin at position 0", dtype=torch.float32)
-    assert_close(impl.apply_rope(x.clone(), cos.clone(), sin.clone()), x.detach().cpu().double(), what=f"apply_rope at position 0 for {dtype} x", dtype=dtype)
+    assert_close(out, x.detach().cpu().double(), what=f"apply_rope at position 0 for {dtype} x", dtype=dtype)
 
 
 @pytest.mark.points(1)
@@ -343,14 +345,16 @@ def test_scores_depend_only_on_the_distance(impl, device):
         cos, sin = impl.rope_cos_sin(base_positions + shift, head_dim)
         return impl.apply_rope(q.clone(), cos.clone(), sin.clone()) @ impl.apply_rope(k.clone(), cos.clone(), sin.clone()).transpose(-1, -2)
 
+    shifts = (0, 1, 7, 250, 1000)
+    got = {shift: scores(shift) for shift in shifts}
     reference = rotate_truth(q, angles_truth(base_positions, head_dim, 10000.0)) @ rotate_truth(k, angles_truth(base_positions, head_dim, 10000.0)).transpose(-1, -2)
-    for shift in (0, 1, 7, 250, 1000):
+    for shift in shifts:
         # each score is a sum of products of pair lengths times the cosine of an angle difference; both angles
         # may carry the float32 error bound, so the score may move by |q| |k| times twice that bound
         max_angle = angles_truth(base_positions + shift, head_dim, 10000.0).abs().max()
         slack = (q.norm(dim=-1)[..., :, None] * k.norm(dim=-1)[..., None, :]).cpu().double() * 2 * angle_error_bound(max_angle, 10000.0)
         assert_close_with_slack(
-            scores(shift), reference, slack, what=f"q.k scores with both positions shifted by {shift}", dtype=torch.float32
+            got[shift], reference, slack, what=f"q.k scores with both positions shifted by {shift}", dtype=torch.float32
         )
 
 
@@ -371,9 +375,9 @@ def test_gradient_is_the_inverse_rotation(impl, device):
     positions = torch.arange(5, 15, device=device)
     x = torch.randn(2, 2, 10, 32, device=device, requires_grad=True)
     grad_out = torch.randn(2, 2, 10, 32, device=device)
-    expected = rotate_truth(grad_out, angles_truth(positions, 32, 10000.0), sign=-1.0)
     cos, sin = impl.rope_cos_sin(positions.clone(), 32)
     impl.apply_rope(x, cos, sin).backward(grad_out.clone())
+    expected = rotate_truth(grad_out, angles_truth(positions, 32, 10000.0), sign=-1.0)
     assert x.grad is not None, "apply_rope gave no gradient for x: do not detach x or leave autograd"
     assert_close(x.grad, expected, what="the gradient of apply_rope with respect to x", dtype=torch.float32)
 
@@ -384,6 +388,7 @@ def test_non_contiguous_input(impl, device):
     positions = torch.arange(3, 11, device=device)
     x = torch.randn(2, 8, 4, 32, device=device).transpose(1, 2)  # (batch, heads, seq, d), not contiguous
     assert not x.is_contiguous()
-    cos, sin = llama_cos_sin(positions, 32, 10000.0)
+    cos, sin = llama_cos_sin(positions, 32, 10000.0)  # the inputs: tables laid out as rope_cos_sin makes them
+    out = impl.apply_rope(x.clone(), cos.clone(), sin.clone())
     angles = angles_truth(positions, 32, 10000.0)
-    assert_close(impl.apply_rope(x.clone(), cos.clone(), sin.clone()), rotate_truth(x, angles), what="apply_rope of a transposed (non-contiguous) x", dtype=torch.float32, mistakes=rotation_mistakes(x, angles))
+    assert_close(out, rotate_truth(x, angles), what="apply_rope of a transposed (non-contiguous) x", dtype=torch.float32, mistakes=rotation_mistakes(x, angles))

@@ -8,7 +8,8 @@ Models are built from configs with random weights: nothing is downloaded.
 
 Expected values never come from an object the learner's code holds: a LoRALinear may legally change its base
 layer's weight (merge(), or merging on eval() as microsoft/LoRA's loralib does), so every truth is computed
-from a copy of the base layer (or of the inputs) taken before the learner's code sees it.
+from a copy of the base layer (or of the inputs) taken before the learner's code sees it, and after the learner's
+call, so that nothing the learner's code could find in memory holds the answer yet.
 """
 
 import copy
@@ -45,16 +46,22 @@ def peft_lora(linear, r, alpha, dropout=0.0):
     return model.base_model.model.lin
 
 
-def pair(impl, linear, r, alpha, A, B):
-    """(ours, peft's) LoRA layers around copies of `linear`, both holding the given A and B."""
+def ours_holding(impl, linear, r, alpha, A, B):
+    """The learner's LoRALinear around a copy of `linear`, holding copies of the given A and B."""
     ours = impl.LoRALinear(copy.deepcopy(linear), r=r, alpha=alpha)
-    theirs = peft_lora(linear, r, alpha)
     with torch.no_grad():
         ours.lora_A.copy_(A)
         ours.lora_B.copy_(B)
+    return ours
+
+
+def peft_holding(linear, r, alpha, A, B):
+    """peft's LoRA layer around a copy of `linear`, holding copies of the given A and B."""
+    theirs = peft_lora(linear, r, alpha)
+    with torch.no_grad():
         theirs.lora_A["default"].weight.copy_(A)
         theirs.lora_B["default"].weight.copy_(B)
-    return ours, theirs
+    return theirs
 
 
 def make_linear(in_features, out_features, dtype=torch.float32, device="cpu", bias=True):
@@ -118,10 +125,10 @@ def test_forward_matches_peft(impl, device, dtype, r, alpha):
     """LoRALinear's output equals peft's LoRA layer holding the same A and B, for several r, alpha and dtypes."""
     linear = make_linear(48, 24, dtype, device)
     A, B = random_AB(r, 48, 24, dtype, device)
-    ours, theirs = pair(impl, linear, r, alpha, A, B)
+    ours = ours_holding(impl, linear, r, alpha, A, B)
     x = torch.randn(3, 7, 48).to(device=device, dtype=dtype)
-    expected, mistakes = theirs(x).detach(), known_mistakes(linear, A, B, x, r, alpha)
     out = ours(x.clone())
+    expected, mistakes = peft_holding(linear, r, alpha, A, B)(x).detach(), known_mistakes(linear, A, B, x, r, alpha)
     assert_close(out, expected, what=f"LoRALinear(r={r}, alpha={alpha})(x) for {dtype} x against peft", mistakes=mistakes)
     assert_close(out, truth(linear, A, B, x, alpha / r), what="LoRALinear(x) against the float64 formula", dtype=dtype, mistakes=mistakes)
 
@@ -131,10 +138,11 @@ def test_forward_without_bias(impl, device):
     """A base layer without bias works too: output equals peft's and the formula."""
     linear = make_linear(16, 40, device=device, bias=False)
     A, B = random_AB(4, 16, 40, torch.float32, device)
-    ours, theirs = pair(impl, linear, 4, 8.0, A, B)
+    ours = ours_holding(impl, linear, 4, 8.0, A, B)
     x = torch.randn(5, 16, device=device)
-    expected = theirs(x).detach()
-    assert_close(ours(x.clone()), expected, what="LoRALinear(Linear(16, 40, bias=False))(x) against peft",
+    out = ours(x.clone())
+    expected = peft_holding(linear, 4, 8.0, A, B)(x).detach()
+    assert_close(out, expected, what="LoRALinear(Linear(16, 40, bias=False))(x) against peft",
                  mistakes=known_mistakes(linear, A, B, x, 4, 8.0))
 
 
@@ -143,12 +151,13 @@ def test_gradients_match_peft(impl, device):
     """Gradients of lora_A, lora_B and x equal peft's (and the float64 formula's); the base gets none."""
     linear = make_linear(32, 20, device=device)
     A, B = random_AB(4, 32, 20, torch.float32, device)
-    ours, theirs = pair(impl, linear, 4, 12.0, A, B)
+    ours = ours_holding(impl, linear, 4, 12.0, A, B)
     x = torch.randn(6, 32, device=device)
     grad_out = torch.randn(6, 20, device=device)
     x_ours, x_theirs = x.clone().requires_grad_(), x.clone().requires_grad_()
-    theirs(x_theirs).backward(grad_out.clone())
     ours(x_ours).backward(grad_out.clone())
+    theirs = peft_holding(linear, 4, 12.0, A, B)
+    theirs(x_theirs).backward(grad_out.clone())
     assert ours.lora_A.grad is not None and ours.lora_B.grad is not None, "lora_A and lora_B got no gradient: keep them in the autograd graph"
     A_theirs, B_theirs = theirs.lora_A["default"].weight.grad, theirs.lora_B["default"].weight.grad
     assert_close(ours.lora_A.grad, A_theirs, what="the gradient of lora_A against peft")
@@ -168,10 +177,12 @@ def test_merge_matches_peft(impl, device, r, alpha):
     """merge() gives peft's merged weight, and the merged output equals the unmerged one."""
     linear = make_linear(40, 24, device=device)
     A, B = random_AB(r, 40, 24, torch.float32, device)
-    ours, theirs = pair(impl, linear, r, alpha, A, B)
+    ours = ours_holding(impl, linear, r, alpha, A, B)
     x = torch.randn(4, 40, device=device)
-    unmerged = ours(x).detach()
+    unmerged = ours(x.clone()).detach()
     ours.merge()
+    merged_out = ours(x.clone())
+    theirs = peft_holding(linear, r, alpha, A, B)
     theirs.merge()
     assert ours.merged is True, f"after merge() the attribute merged should be True, got {ours.merged!r}"
     expected_weight = linear.weight.detach().double() + B.double() @ A.double() * (alpha / r)
@@ -181,7 +192,7 @@ def test_merge_matches_peft(impl, device, r, alpha):
     }
     assert_close(ours.base.weight.detach(), theirs.base_layer.weight.detach(), what="base.weight after merge() against peft's merged weight", mistakes=weight_mistakes)
     assert_close(ours.base.weight.detach(), expected_weight, what="base.weight after merge() against W + B @ A * alpha / r", dtype=torch.float32)
-    assert_close(ours(x), unmerged, what="the output after merge() against the output before it", mistakes=known_mistakes(linear, A, B, x, r, alpha))
+    assert_close(merged_out, unmerged, what="the output after merge() against the output before it", mistakes=known_mistakes(linear, A, B, x, r, alpha))
 
 
 @pytest.mark.points(2)
@@ -189,15 +200,17 @@ def test_merge_is_idempotent(impl, device):
     """Calling merge() twice folds the update in once, as peft does."""
     linear = make_linear(24, 16, device=device)
     A, B = random_AB(4, 24, 16, torch.float32, device)
-    ours, theirs = pair(impl, linear, 4, 8.0, A, B)
+    ours = ours_holding(impl, linear, 4, 8.0, A, B)
     ours.merge()
     ours.merge()
+    x = torch.randn(3, 24, device=device)
+    out = ours(x.clone())
+    theirs = peft_holding(linear, 4, 8.0, A, B)
     theirs.merge()
     twice = linear.weight.detach().double() + 2 * B.double() @ A.double() * 2.0
     assert_close(ours.base.weight.detach(), theirs.base_layer.weight.detach(), what="base.weight after merge() twice",
                  mistakes={"the second merge() added the update again: return early when already merged": twice})
-    x = torch.randn(3, 24, device=device)
-    assert_close(ours(x), truth(linear, A, B, x, 2.0), what="the output after merge() twice", dtype=torch.float32)
+    assert_close(out, truth(linear, A, B, x, 2.0), what="the output after merge() twice", dtype=torch.float32)
 
 
 @pytest.mark.points(2)
@@ -206,11 +219,8 @@ def test_unmerge_restores_the_weight(impl, device):
     linear = make_linear(24, 32, device=device)
     original = linear.weight.detach().clone()
     A, B = random_AB(8, 24, 32, torch.float32, device)
-    ours, theirs = pair(impl, linear, 8, 16.0, A, B)
+    ours = ours_holding(impl, linear, 8, 16.0, A, B)
     x = torch.randn(5, 24, device=device)
-    theirs.merge()
-    theirs.unmerge()
-    expected = theirs(x).detach()
     for _ in range(2):  # the round trip works more than once
         ours.merge()
         ours.unmerge()
@@ -220,7 +230,12 @@ def test_unmerge_restores_the_weight(impl, device):
     ours.unmerge()  # not merged: nothing to take out
     assert_close(ours.base.weight.detach(), original, what="base.weight after unmerge() of an unmerged layer",
                  mistakes={"unmerge() subtracted the update although the layer was not merged": original.double() - B.double() @ A.double() * 2.0})
-    assert_close(ours(x.clone()), expected, what="the output after merge() and unmerge() against peft's", mistakes=known_mistakes(linear, A, B, x, 8, 16.0))
+    out = ours(x.clone())
+    theirs = peft_holding(linear, 8, 16.0, A, B)
+    theirs.merge()
+    theirs.unmerge()
+    expected = theirs(x).detach()
+    assert_close(out, expected, what="the output after merge() and unmerge() against peft's", mistakes=known_mistakes(linear, A, B, x, 8, 16.0))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -233,9 +248,10 @@ def test_output_at_initialisation_equals_the_base_layer(impl, device, shape):
     """Right after wrapping, the output equals the base layer's (B starts at zero), for any leading shape."""
     linear = make_linear(40, 12, device=device)
     x = torch.randn(shape, device=device)
+    layer = impl.LoRALinear(copy.deepcopy(linear), r=8, alpha=16.0)
+    out = layer(x.clone())
     expected = linear(x).detach()
-    layer = impl.LoRALinear(linear, r=8, alpha=16.0)
-    assert_close(layer(x), expected, what=f"a freshly wrapped LoRALinear for x of shape {shape}",
+    assert_close(out, expected, what=f"a freshly wrapped LoRALinear for x of shape {shape}",
                  mistakes={"lora_B is not initialised to zero": lambda out: bool(layer.lora_B.detach().abs().max() > 0)})
 
 
@@ -267,10 +283,10 @@ def assert_kaiming_uniform(A: torch.Tensor, in_features: int, who: str) -> None:
 def test_initialisation_distribution(impl, in_features, out_features, r):
     """lora_A is drawn like peft's (kaiming-uniform with a=sqrt(5): uniform within 1/sqrt(in_features)), lora_B is zeros."""
     linear = nn.Linear(in_features, out_features)
+    layer = impl.LoRALinear(copy.deepcopy(linear), r=r)
     theirs = peft_lora(linear, r, 16.0)  # the oracle: its A must pass the same check, and its B is zero too
     assert_kaiming_uniform(theirs.lora_A["default"].weight, in_features, "peft's lora_A")
     assert not theirs.lora_B["default"].weight.detach().any(), "peft's lora_B should start at zero"
-    layer = impl.LoRALinear(linear, r=r)
     assert_close(layer.lora_B.detach(), torch.zeros(out_features, r), what="lora_B at initialisation (zeros, as peft)")
     assert_kaiming_uniform(layer.lora_A, in_features, "lora_A")
 
@@ -340,11 +356,14 @@ def test_dropout_only_on_the_lora_path_in_training(impl, device):
         layer.lora_A.copy_(Q)
         layer.lora_B.copy_(torch.eye(n, dtype=torch.float64, device=device))
     x = torch.randn(64, n, dtype=torch.float64, device=device) + 3.0  # away from 0: kept and dropped differ
+    layer.train()
+    train_out = layer(x.clone()).detach()
+    layer.eval()
+    eval_out = layer(x.clone())
     base_out = base(x).detach()
     eval_truth = truth(base, Q, torch.eye(n, dtype=torch.float64, device=device), x, 1.0)
 
-    layer.train()
-    dropped_x = ((layer(x).detach() - base_out) @ Q)  # what the LoRA path saw, recovered
+    dropped_x = ((train_out - base_out) @ Q)  # what the LoRA path saw in training mode, recovered
     kept = (dropped_x - x / (1 - p)).abs() <= 1e-9 * x.abs().max()
     zero = dropped_x.abs() <= 1e-9 * x.abs().max()
     assert bool((kept | zero).all()), (
@@ -354,10 +373,9 @@ def test_dropout_only_on_the_lora_path_in_training(impl, device):
     fraction = float(zero.double().mean())
     assert abs(fraction - p) <= 0.1, f"dropout={p} dropped {fraction:.0%} of the LoRA path's inputs"
 
-    layer.eval()
-    random_in_eval = lambda out: not torch.equal(layer(x), layer(x))  # noqa: E731
+    random_in_eval = lambda out: not torch.equal(layer(x.clone()), layer(x.clone()))  # noqa: E731
     mistakes = {"dropout is also active in eval mode: use nn.Dropout (it follows model.eval())": random_in_eval}
-    assert_close(layer(x), eval_truth, what="LoRALinear(dropout=0.5)(x) in eval mode", mistakes=mistakes)
+    assert_close(eval_out, eval_truth, what="LoRALinear(dropout=0.5)(x) in eval mode", mistakes=mistakes)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -377,8 +395,9 @@ LLAMA_TARGETS = [
 def test_inject_wraps_what_peft_wraps_on_llama(impl, device, targets):
     """On a tiny Llama, inject_lora wraps the same modules as peft's target_modules and trains as many parameters."""
     model = tiny_llama().to(device)
-    reference = peft_model(copy.deepcopy(model), targets, r=4, alpha=16.0)
+    original = copy.deepcopy(model)
     returned = impl.inject_lora(model, targets, r=4, alpha=16.0)
+    reference = peft_model(original, targets, r=4, alpha=16.0)
     assert returned is model, "inject_lora should modify the model in place and return it"
     ours, theirs = wrapped_names(model, impl.LoRALinear), wrapped_names(reference.base_model.model, LoraLayer)
     assert ours == theirs, f"target_modules={targets}: inject_lora wrapped {ours}, peft wraps {theirs}"
@@ -399,21 +418,24 @@ def test_inject_wraps_what_peft_wraps_on_llama(impl, device, targets):
 def test_injected_llama_matches_peft_logits(impl, device):
     """A Llama with inject_lora gives the base logits at init, and peft's logits once both hold the same A and B."""
     model = tiny_llama().to(device)
+    original = copy.deepcopy(model)
     input_ids = torch.randint(0, 100, (2, 10), device=device)
-    with torch.no_grad():
-        base_logits = model(input_ids).logits
     targets = ["q_proj", "v_proj", "down_proj"]
-    reference = peft_model(copy.deepcopy(model), targets, r=4, alpha=8.0).eval()
     impl.inject_lora(model, targets, r=4, alpha=8.0)
     with torch.no_grad():
-        assert_close(model(input_ids).logits, base_logits, what="the logits of the injected model at initialisation")
+        init_logits = model(input_ids.clone()).logits
+        base_logits = original(input_ids).logits
+        assert_close(init_logits, base_logits, what="the logits of the injected model at initialisation")
+        # order: the learner's layers load the A and B of peft's layers, so peft's model must exist first
+        reference = peft_model(original, targets, r=4, alpha=8.0).eval()
         layers = lora_layers_of(model, impl)
         for name, module in reference.base_model.model.named_modules():
             if isinstance(module, LoraLayer):
                 module.lora_B["default"].weight.normal_(0.0, 0.5)
                 layers[name].lora_A.copy_(module.lora_A["default"].weight)
                 layers[name].lora_B.copy_(module.lora_B["default"].weight)
-        assert_close(model(input_ids).logits, reference(input_ids).logits, what="the logits of the injected Llama against peft's (same A and B)")
+        logits = model(input_ids.clone()).logits
+        assert_close(logits, reference(input_ids).logits, what="the logits of the injected Llama against peft's (same A and B)")
 
 
 def suffix_model():
@@ -437,14 +459,16 @@ SUFFIX_TARGETS = [["proj"], ["q_proj"], ["block.proj"], ["out_proj", "projection
 def test_suffix_rule_matches_peft(impl, targets):
     """A target matches a name equal to it or ending in '.' + target ('proj' does not match 'q_proj'), as in peft."""
     model = suffix_model()
-    reference = peft_model(copy.deepcopy(model), targets, r=8, alpha=16.0)
+    original = copy.deepcopy(model)
     impl.inject_lora(model, targets)  # the defaults: r=8, alpha=16
+    reference = peft_model(original, targets, r=8, alpha=16.0)
     ours, theirs = wrapped_names(model, impl.LoRALinear), wrapped_names(reference.base_model.model, LoraLayer)
     assert ours == theirs, (
         f"target_modules={targets}: inject_lora wrapped {ours}, peft wraps {theirs}. "
         "A name matches when it equals the target or ends with '.' + target (the dot matters)"
     )
-    assert impl.trainable_parameters(model) == reference.get_nb_trainable_parameters()[0], (
+    count = impl.trainable_parameters(model)
+    assert count == reference.get_nb_trainable_parameters()[0], (
         f"trainable_parameters after inject_lora(targets={targets}) differs from peft's trainable count "
         "(are the defaults r=8, alpha=16?)"
     )
@@ -472,9 +496,9 @@ def test_inject_passes_r_alpha_and_dropout(impl):
 @pytest.mark.parametrize("targets", [["proj"], ["q"], ["input_layernorm"], ["nothing_here"]], ids=lambda t: t[0])
 def test_inject_with_no_match_raises(impl, targets):
     """No nn.Linear matching the targets raises ValueError, as peft does ('proj' matches no Llama layer, a norm is no Linear)."""
+    assert_raises(ValueError, impl.inject_lora, tiny_llama(), targets, when=f"for inject_lora(llama, {targets})")
     with pytest.raises(ValueError):
         peft_model(tiny_llama(), targets)
-    assert_raises(ValueError, impl.inject_lora, tiny_llama(), targets, when=f"for inject_lora(llama, {targets})")
 
 
 @pytest.mark.points(2)
@@ -489,9 +513,10 @@ def test_trainable_parameters_counts_elements(impl):
     tied.b = nn.Linear(6, 6, bias=False)
     tied.b.weight = tied.a.weight
     assert impl.trainable_parameters(tied) == 36, "a parameter shared by two layers counts once (model.parameters() yields it once)"
-    llama = peft_model(tiny_llama(), ["q_proj", "v_proj"])
+    llama = peft_model(tiny_llama(), ["q_proj", "v_proj"])  # the input is a peft model; the learner counts a copy
+    count = impl.trainable_parameters(copy.deepcopy(llama))
     expected = llama.get_nb_trainable_parameters()[0]
-    assert impl.trainable_parameters(llama) == expected, "trainable_parameters of a peft model differs from peft's count"
+    assert count == expected, "trainable_parameters of a peft model differs from peft's count"
 
 
 # ---------------------------------------------------------------------------------------------------

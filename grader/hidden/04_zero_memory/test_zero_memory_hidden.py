@@ -7,7 +7,9 @@ Sources: Rajbhandari, Rasley, Ruwase, He, "ZeRO: Memory Optimizations Toward Tra
 Models" (arXiv:1910.02054), Figure 1 / Section 5, Table 1 and Table 2; DeepSpeed's
 `estimate_zero2_model_states_mem_needs` (deepspeed/runtime/zero/stage_1_and_2.py) and
 `estimate_zero3_model_states_mem_needs` (deepspeed/runtime/zero/stage3.py).
-The results are plain numbers, not tensors: nothing here depends on the device.
+The results are plain numbers, not tensors: nothing here depends on the device. Each test calls the learner's
+function before it computes the expected value (exact arithmetic, DeepSpeed's estimator), so nothing the
+learner's code could find in memory holds the answer yet.
 """
 
 import numbers
@@ -258,9 +260,9 @@ def test_stage_2_matches_deepspeed(impl, psi, nodes, gpus_per_node):
     if psi == "tiny":
         psi = model_to_params(tiny_model())
     n = nodes * gpus_per_node
-    _, ds_gpu = estimate_zero2_model_states_mem_needs(psi, num_gpus_per_node=gpus_per_node, num_nodes=nodes, cpu_offload=False)
-    # DeepSpeed: 2 psi + int(18 psi / N), with 18 = 2 (fp16 grads) + 16 (fp32 grads, master params, Adam's two moments).
     out = impl.model_state_bytes(psi, n, 2, optimizer_bytes=16)
+    # DeepSpeed: 2 psi + int(18 psi / N), with 18 = 2 (fp16 grads) + 16 (fp32 grads, master params, Adam's two moments).
+    _, ds_gpu = estimate_zero2_model_states_mem_needs(psi, num_gpus_per_node=gpus_per_node, num_nodes=nodes, cpu_offload=False)
     # out is exact up to float rounding (RTOL); DeepSpeed's int() drops less than one byte (and its own
     # float rounding may cost one more at an exact integer): ds_gpu <= out <= ds_gpu + 1.
     eps = RTOL * Fraction(ds_gpu)
@@ -280,10 +282,10 @@ def test_stage_3_differs_from_deepspeed_as_explained(impl, psi, nodes, gpus_per_
     else:
         largest = int(psi) // 50  # e.g. an embedding matrix of 2% of the model
     n = nodes * gpus_per_node
+    out = impl.model_state_bytes(psi, n, 3, optimizer_bytes=16)  # (2 + 2 + 16) psi / N
     _, ds_gpu, largest_memory = estimate_zero3_model_states_mem_needs(
         psi, largest, num_gpus_per_node=gpus_per_node, num_nodes=nodes, cpu_offload=False, cpu_offload_params=False)
     assert largest_memory == 4 * largest  # fp16 parameters and gradients of the layer being computed, gathered whole
-    out = impl.model_state_bytes(psi, n, 3, optimizer_bytes=16)  # (2 + 2 + 16) psi / N
     # DeepSpeed: 4 L + int(18 psi / N). It leaves out our 2 psi / N of fp16 parameter shard and adds the
     # gathered largest layer. Up to DeepSpeed's truncation to whole bytes (< 1 byte, +1 at an exact integer):
     pinned = Fraction(out) - Fraction(2) * Fraction(psi) / n + 4 * largest
@@ -357,6 +359,7 @@ def test_communication_volume_as_in_the_paper(impl, psi):
     """2 psi elements per GPU and step in stages 0-2 (reduce-scatter + all-gather), 3 psi in stage 3, times param_bytes."""
     for param_bytes in (2, 4):
         for stage in range(4):
+            out = impl.communication_bytes(psi, stage, param_bytes=param_bytes)
             elements = 3 if stage == 3 else 2
             expected = elements * Fraction(psi) * param_bytes
             mistakes = {
@@ -364,7 +367,7 @@ def test_communication_volume_as_in_the_paper(impl, psi):
                 "stages 1 and 2 move the same 2 psi as plain data parallelism; only stage 3 moves 3 psi": 3 * Fraction(psi) * param_bytes,
                 "the result counts elements: multiply by param_bytes": elements * Fraction(psi),
             }
-            assert_bytes(impl.communication_bytes(psi, stage, param_bytes=param_bytes), expected,
+            assert_bytes(out, expected,
                          what=f"communication_bytes({psi}, stage={stage}, param_bytes={param_bytes})", mistakes=mistakes)
 
 

@@ -6,6 +6,9 @@ bitsandbytes' int8 functions run on CPU (pure PyTorch kernels) and on CUDA (its 
 threshold) as a whole layer.
 
 Run: pytest grader/hidden/05_int8_quant --impl solutions   (or --impl path/to/submission)
+
+The learner's functions get copies of the inputs: expected values come from the originals, computed after the
+learner's call, so nothing the learner's code could find in memory holds the answer yet.
 """
 
 import pytest
@@ -182,8 +185,8 @@ def with_zero_rows(shape, dtype, device, rows=(0,)):
 def test_rowwise_quantize_matches_bitsandbytes(impl, device, dtype, shape):
     """absmax_quantize(x) row by row equals bitsandbytes' int8_vectorwise_quant: same q (int8) and absmax (float32)."""
     x = (torch.randn(shape) * torch.logspace(-2, 2, shape[0]).unsqueeze(-1)).to(device=device, dtype=dtype)
+    q, absmax = impl.absmax_quantize(x.clone())
     bq, babsmax = bnb_quantize_rows(x)
-    q, absmax = impl.absmax_quantize(x)
     assert isinstance(absmax, torch.Tensor) and absmax.dtype == torch.float32, (
         f"absmax should be a float32 tensor for {dtype} input, got {getattr(absmax, 'dtype', type(absmax))}: compute the scales in float32"
     )
@@ -196,9 +199,9 @@ def test_rowwise_quantize_matches_bitsandbytes(impl, device, dtype, shape):
 def test_dequantize_matches_bitsandbytes(impl, device, dtype):
     """absmax_dequantize(q, absmax) equals bitsandbytes' int8_vectorwise_dequant: float32 q * absmax / 127."""
     x = (torch.randn(12, 80) * 3).to(device=device, dtype=dtype)
-    bq, babsmax = bnb_quantize_rows(x)
+    bq, babsmax = bnb_quantize_rows(x)  # order: the learner's inputs are bitsandbytes' q and absmax
+    out = impl.absmax_dequantize(bq.clone(), babsmax.clone())
     expected = F.int8_vectorwise_dequant(bq.clone(), babsmax.reshape(-1).clone())
-    out = impl.absmax_dequantize(bq, babsmax)
     mistakes = {
         "you divided by absmax and multiplied by 127: dequantization is q * absmax / 127": bq.double() * 127 / babsmax.double(),
         "you forgot to divide by 127": bq.double() * babsmax.double(),
@@ -210,11 +213,10 @@ def test_dequantize_matches_bitsandbytes(impl, device, dtype):
 def test_round_trip_error_bound(impl, device):
     """Quantize then dequantize: float32, within half a step (absmax / 254) of x, and no better than that on average."""
     x = (torch.randn(16, 128) * 5).to(device)
-    x0 = x.clone()
-    q, absmax = impl.absmax_quantize(x)
+    q, absmax = impl.absmax_quantize(x.clone())
     restored = impl.absmax_dequantize(q, absmax)
     assert restored.dtype == torch.float32, f"absmax_dequantize should return float32, got {restored.dtype}"
-    error = (restored.double() - x0.double()).abs().cpu()
+    error = (restored.double() - x.double()).abs().cpu()
     half_step = absmax.double().cpu() / 254
     # Half a step is exact math; 1e-5 relative covers float32 rounding of x * 127 / absmax and of q * absmax / 127.
     assert bool((error <= half_step * (1 + 1e-5)).all()), (
@@ -228,8 +230,8 @@ def test_round_trip_error_bound(impl, device):
 def test_leading_dimensions_are_rows(impl, device, dtype):
     """A (batch, seq, features) input gets one scale per (batch, seq) vector, like bitsandbytes on the flattened rows."""
     x = (torch.randn(2, 5, 48) * 2).to(device=device, dtype=dtype)
+    q, absmax = impl.absmax_quantize(x.clone())
     bq, babsmax = bnb_quantize_rows(x.reshape(-1, 48))
-    q, absmax = impl.absmax_quantize(x)
     assert_close(absmax, babsmax.reshape(2, 5, 1), what="absmax of a (2, 5, 48) input (shape (2, 5, 1))")
     assert_q_equal(q, bq.reshape(2, 5, 48), rounding_ties(x.reshape(-1, 48), babsmax).reshape(2, 5, 48), what="q of a (2, 5, 48) input")
 
@@ -239,11 +241,11 @@ def test_leading_dimensions_are_rows(impl, device, dtype):
 def test_other_dimensions(impl, device, dim):
     """absmax_quantize(x, dim) scales each slice along dim: dim=0 gives one scale per column (shape (1, cols))."""
     x = (torch.randn(24, 40) * torch.linspace(0.1, 10, 40)).to(device)
+    q, absmax = impl.absmax_quantize(x.clone(), dim=dim)
     xt = x if dim == 1 else x.T
     bq, babsmax = bnb_quantize_rows(xt)
     if dim == 0:
         bq, babsmax = bq.T, babsmax.T
-    q, absmax = impl.absmax_quantize(x, dim=dim)
     assert_close(absmax, babsmax, what=f"absmax_quantize(x, dim={dim})[1] for x of shape (24, 40)")
     assert_q_equal(q, bq, rounding_ties(x, babsmax), what=f"absmax_quantize(x, dim={dim})[0]", mistakes=q_mistakes(x, babsmax))
 
@@ -253,8 +255,8 @@ def test_other_dimensions(impl, device, dim):
 def test_whole_tensor_when_dim_is_none(impl, device, dtype):
     """dim=None: one absmax (a single float32 value) for the whole tensor, as bitsandbytes on the tensor as one row."""
     x = (torch.randn(6, 32) * torch.logspace(-1, 1, 6).unsqueeze(-1)).to(device=device, dtype=dtype)
+    q, absmax = impl.absmax_quantize(x.clone(), dim=None)
     bq, babsmax = bnb_quantize_rows(x.reshape(1, -1))
-    q, absmax = impl.absmax_quantize(x, dim=None)
     assert isinstance(absmax, torch.Tensor) and absmax.numel() == 1, f"dim=None should give a single absmax, got {getattr(absmax, 'shape', absmax)}"
     assert_close(absmax.reshape(1, 1), babsmax, what="absmax over the whole tensor (dim=None)", dtype=torch.float32)
     assert_q_equal(q, bq.reshape(6, 32), rounding_ties(x, babsmax.reshape(())), what="q with dim=None")
@@ -266,8 +268,8 @@ def test_single_huge_outlier(impl, device, dtype):
     """One huge value sets its row's scale: matches bitsandbytes, computed in float32 (x * 127 overflows float16)."""
     x = torch.randn(4, 64).to(device=device, dtype=dtype)
     x[2, 17] = 30000.0  # 30000 * 127 is far above float16's largest value, 65504
+    q, absmax = impl.absmax_quantize(x.clone())
     bq, babsmax = bnb_quantize_rows(x)
-    q, absmax = impl.absmax_quantize(x)
     assert_close(absmax, babsmax, what=f"absmax of {dtype} rows, one holding 30000")
     assert_q_equal(q, bq, rounding_ties(x, babsmax), what=f"q of {dtype} rows, one holding 30000 (compute x * 127 / absmax in float32)")
     assert int(q[2, 17]) == 127, f"the outlier itself should quantize to 127, got {int(q[2, 17])}"
@@ -279,9 +281,8 @@ def test_single_huge_outlier(impl, device, dtype):
 def test_all_zero_rows(impl, device, dtype):
     """All-zero rows quantize to zeros with absmax 0, dequantize to zeros, and no NaN or inf is ever cast to int8."""
     x = with_zero_rows((5, 32), dtype, device, rows=(1, 4))
-    bq, babsmax = bnb_quantize_rows(x[[0, 2, 3]])
     with NonFiniteIntoInteger() as mode:
-        q, absmax = impl.absmax_quantize(x)
+        q, absmax = impl.absmax_quantize(x.clone())
     assert not mode.culprits, (
         f"a NaN or inf was cast to an integer ({', '.join(mode.culprits)}): 0 * 127 / 0 is NaN, and what NaN becomes as int8 "
         "depends on the device. Divide all-zero rows by 1 (or any nonzero) instead of by their absmax of 0."
@@ -290,6 +291,7 @@ def test_all_zero_rows(impl, device, dtype):
     assert_close(absmax[[1, 4]], torch.zeros(2, 1), what="absmax of all-zero rows")
     restored = impl.absmax_dequantize(q, absmax)
     assert_close(restored[[1, 4]], torch.zeros(2, 32), what="dequantized all-zero rows")
+    bq, babsmax = bnb_quantize_rows(x[[0, 2, 3]])
     assert_q_equal(q[[0, 2, 3]], bq, rounding_ties(x[[0, 2, 3]], babsmax), what="q of the nonzero rows next to all-zero rows")
 
 
@@ -298,7 +300,7 @@ def test_all_zero_tensor_with_dim_none(impl, device):
     """An all-zero tensor with dim=None gives zeros, absmax 0, and no NaN cast to int8."""
     x = torch.zeros(3, 8, device=device)
     with NonFiniteIntoInteger() as mode:
-        q, absmax = impl.absmax_quantize(x, dim=None)
+        q, absmax = impl.absmax_quantize(x.clone(), dim=None)
     assert not mode.culprits, f"a NaN or inf was cast to an integer ({', '.join(mode.culprits)}): avoid 0 / 0 for an all-zero tensor"
     assert q.dtype == torch.int8 and not bool(q.any()), "an all-zero tensor should quantize to int8 zeros"
     assert float(absmax.reshape(-1)[0]) == 0.0, "the absmax of an all-zero tensor is 0"
@@ -309,7 +311,7 @@ def test_range_is_symmetric(impl, device):
     """q uses [-127, 127]: the largest |x| of each row maps to exactly +127 or -127, -128 never appears."""
     x = torch.randn(64, 32, device=device)
     x[::2] = -x[::2].abs()  # even rows: the absmax is a negative value
-    q, _ = impl.absmax_quantize(x)
+    q, _ = impl.absmax_quantize(x.clone())
     assert q.dtype == torch.int8, f"q should be int8, got {q.dtype}"
     assert int(q.min()) >= -127, "q holds -128: the symmetric int8 range is [-127, 127] (scale by 127, not 128)"
     peak = x.abs().argmax(-1, keepdim=True)
@@ -348,8 +350,8 @@ def test_int8_matmul_matches_bitsandbytes(impl, device, dtype, shape):
     x_shape, out_features = shape
     x = (torch.randn(x_shape) * 2).to(device=device, dtype=dtype)
     w = (torch.randn(out_features, x_shape[-1]) * 0.5).to(device=device, dtype=dtype)
+    out = impl.int8_matmul(x.clone(), w.clone())
     expected, slack, mistakes = bnb_int8_matmul(x, w, dtype), tie_slack(x, w), matmul_mistakes(x, w)
-    out = impl.int8_matmul(x, w)
     assert_within(
         out, expected, slack, what=f"int8_matmul for {dtype} x of shape {x_shape}",
         advice="Quantize x per row (last dim) and w per output row, multiply the int8 values, rescale by ax * aw.T / 127**2.",
@@ -363,8 +365,8 @@ def test_int8_matmul_error_bound(impl, device, dtype):
     """int8_matmul(x, w) is within the error bound that per-row int8 rounding of x and w implies."""
     x = (torch.randn(3, 10, 96) * torch.logspace(-1, 1, 10).unsqueeze(-1)).to(device=device, dtype=dtype)
     w = torch.randn(40, 96).to(device=device, dtype=dtype)
+    out = impl.int8_matmul(x.clone(), w.clone())
     truth, bound = x.double().cpu() @ w.double().cpu().T, float_bound(x, w)
-    out = impl.int8_matmul(x, w)
     assert_within(out, truth, bound, what=f"int8_matmul for {dtype} inputs", advice="Check the rescaling by ax * aw.T / 127**2.", dtype=dtype)
 
 
@@ -373,13 +375,13 @@ def test_int8_matmul_matches_linear8bitlt(impl, device):
     """int8_matmul(x, w) equals bitsandbytes.nn.Linear8bitLt (threshold 0, inference) holding the same float16 weight."""
     w = (torch.randn(48, 64) * 0.3).half()
     x = torch.randn(2, 7, 64).half().to(device)
+    out = impl.int8_matmul(x.clone(), w.clone().to(device))
     layer = bnb.nn.Linear8bitLt(64, 48, bias=False, has_fp16_weights=False, threshold=0.0)
     layer.weight = bnb.nn.Int8Params(w.clone(), requires_grad=False, has_fp16_weights=False)
     layer = layer.to(device).eval()  # moving the layer quantizes its weight (CB, SCB)
     with torch.no_grad():
         expected = layer(x)
     slack = tie_slack(x, w)
-    out = impl.int8_matmul(x, w.to(device))
     assert_within(out, expected, slack, what="int8_matmul(x, w) against Linear8bitLt(x)", advice="Per-row absmax of x and of w, exact integer product, then ax * aw.T / 127**2.", dtype=torch.float16)
 
 
@@ -390,7 +392,7 @@ def test_int8_matmul_zero_rows(impl, device):
     w = torch.randn(8, 32, device=device)
     w[3] = 0
     with NonFiniteIntoInteger() as mode:
-        out = impl.int8_matmul(x, w)
+        out = impl.int8_matmul(x.clone(), w.clone())
     assert not mode.culprits, f"a NaN or inf was cast to an integer ({', '.join(mode.culprits)}): guard the division by an absmax of 0"
     assert bool(torch.isfinite(out).all()), "int8_matmul gave NaN or inf for an input with an all-zero row"
     assert not bool(out[2].any()) and not bool(out[:, 3].any()), "an all-zero row of x (or of w) should give zeros"
@@ -480,6 +482,7 @@ def test_outliers_error_far_smaller(impl, device, dtype):
     """With planted outlier features, the decomposition stays within the int8 bound of the regular columns, far below plain int8."""
     x = planted_outliers((24,), 128, cols=[3, 77, 90], device=device).to(dtype)
     w = torch.randn(32, 128).to(device=device, dtype=dtype)
+    out = impl.int8_matmul_with_outliers(x.clone(), w.clone())
     truth = x.double().cpu() @ w.double().cpu().T
     cols = torch.zeros(128, dtype=torch.bool)
     cols[[3, 77, 90]] = True
@@ -488,7 +491,6 @@ def test_outliers_error_far_smaller(impl, device, dtype):
     x_below = x.cpu().double().masked_fill(x.cpu().abs() >= 6.0, 0)
     bound = float_bound(x.cpu().masked_fill(cols, 0), w.cpu(), ax=x_below.abs().amax(-1, keepdim=True))
     plain = (bnb_int8_matmul(x, w, torch.float32).double().cpu() - truth).norm()
-    out = impl.int8_matmul_with_outliers(x, w)
     assert_within(out, truth, bound, what=f"int8_matmul_with_outliers for {dtype} inputs with 3 outlier features", dtype=dtype,
                   advice="Columns of x with any |x| >= threshold must go through a floating-point product, not through int8.")
     mixed = (out.double().cpu() - truth).norm()
@@ -502,8 +504,8 @@ def test_outliers_match_the_decomposition(impl, device, shape):
     x = planted_outliers(shape, 96, cols=[10, 50], device=device, magnitude=8.0)
     x.reshape(-1, 96)[5, 60] = -7.0  # one outlier in a single row: its whole column leaves the int8 product, in every row
     w = torch.randn(24, 96, device=device)
+    out = impl.int8_matmul_with_outliers(x.clone(), w.clone())
     candidates = decompositions(x, w, 6.0)
-    out = impl.int8_matmul_with_outliers(x, w)
     assert_one_of(out, candidates, what=f"int8_matmul_with_outliers for x of shape {shape + (96,)}", dtype=torch.float32,
                   advice="Find the columns (last dim) with any |x| >= threshold over all rows and batch entries; multiply them with "
                          "the matching columns of w in floating point, and only the other columns through int8.")
@@ -515,9 +517,9 @@ def test_threshold_is_inclusive(impl, device):
     x = (torch.rand(12, 256) * 0.2 - 0.1).to(device)
     x[:, 7] = 6.0
     w = torch.randn(16, 256, device=device)
+    out = impl.int8_matmul_with_outliers(x.clone(), w.clone(), threshold=6.0)
     assert int(outlier_columns(x, 6.0).sum()) == 1
     candidates = decompositions(x, w, 6.0)
-    out = impl.int8_matmul_with_outliers(x, w, threshold=6.0)
     assert_one_of(out, candidates, what="int8_matmul_with_outliers with values equal to the threshold", dtype=torch.float32,
                   advice="An outlier is |x| >= threshold, not > threshold.")
 
@@ -529,8 +531,8 @@ def test_threshold_argument(impl, device, threshold):
     x = planted_outliers((10,), 64, cols=[4], device=device, magnitude=10.0, regular=2.0)
     x[:, 9] = 4.0 * torch.sign(torch.randn(10, device=device))  # an outlier for threshold 3, not for 20
     w = torch.randn(12, 64, device=device)
+    out = impl.int8_matmul_with_outliers(x.clone(), w.clone(), threshold=threshold)
     candidates = decompositions(x, w, threshold)
-    out = impl.int8_matmul_with_outliers(x, w, threshold=threshold)
     assert_one_of(out, candidates, what=f"int8_matmul_with_outliers(x, w, threshold={threshold})", dtype=torch.float32,
                   advice="Use the threshold argument, not a fixed 6.0.")
 
@@ -541,8 +543,8 @@ def test_no_outliers_equals_int8_matmul(impl, device):
     x = (torch.randn(9, 64).clamp(-5.9, 5.9)).to(device)
     x[0, 0] = 5.99
     w = torch.randn(20, 64, device=device)
+    out = impl.int8_matmul_with_outliers(x.clone(), w.clone())
     expected, slack = bnb_int8_matmul(x, w, torch.float32), tie_slack(x, w)
-    out = impl.int8_matmul_with_outliers(x, w)
     assert_within(out, expected, slack, what="int8_matmul_with_outliers without outliers", dtype=torch.float32,
                   advice="With no outlier column everything goes through int8_matmul; the default threshold is 6.0.")
 
@@ -558,6 +560,7 @@ def test_outliers_match_linear8bitlt(impl, device):
     """
     w = (torch.randn(32, 64) * 0.3).half()
     x = planted_outliers((2, 6), 64, cols=[1, 33], device=device, magnitude=20.0).half()
+    out = impl.int8_matmul_with_outliers(x.clone(), w.clone().to(device), threshold=6.0)
     layer = bnb.nn.Linear8bitLt(64, 32, bias=False, has_fp16_weights=False, threshold=6.0)
     layer.weight = bnb.nn.Int8Params(w.clone(), requires_grad=False, has_fp16_weights=False)
     layer = layer.to(device).eval()
@@ -570,7 +573,6 @@ def test_outliers_match_linear8bitlt(impl, device):
     bnb_value, bnb_slack = candidates["x's row scales over the values below the threshold (bitsandbytes), "
                                       "w's row scales over whole rows (zeroing x's outlier columns)"]
     shifted = {name: (expected + value - bnb_value, weight_rounding + slack + bnb_slack) for name, (value, slack) in candidates.items()}
-    out = impl.int8_matmul_with_outliers(x, w.to(device), threshold=6.0)
     assert_one_of(out, shifted, what="int8_matmul_with_outliers against Linear8bitLt(threshold=6.0)", dtype=torch.float16,
                   advice="Outlier columns in floating point, the rest through int8_matmul.")
 

@@ -8,7 +8,8 @@ cached and recomputed logits agree to ~1e-15 and an argmax cannot flip on a near
 Run: pytest grader/hidden/06_kv_cache --impl solutions   (or --impl path/to/submission)
 
 A cache legally keeps (or writes into) the tensors it is given, and generate holds the model and the prompt:
-expected values are computed before the learner's code runs, from copies it never holds.
+the learner's code gets copies, and expected values are computed after its call, from the originals, so
+nothing the learner's code could find in memory holds the answer yet.
 """
 
 import pytest
@@ -82,13 +83,14 @@ def test_update_matches_dynamic_cache(impl, device, dtype):
     for step, new in enumerate([5, 1, 1, 3, 1]):
         for layer in range(3):
             k, v = random_states(2, 2, new, 16, dtype, device)
-            want_keys, want_values = (t.clone() for t in theirs.update(k.clone(), v.clone(), layer))
             keys, values = mine.update(k.clone(), v.clone(), layer)
+            want_keys, want_values = (t.clone() for t in theirs.update(k.clone(), v.clone(), layer))
             when = f"at step {step} (adding {new} token(s)) of layer {layer}"
             mistakes = {"you returned only the new states: update returns the layer's whole cache": k.clone()}
             assert_close(keys, want_keys, what=f"the keys returned by update {when}", mistakes=mistakes)
             assert_close(values, want_values, what=f"the values returned by update {when}")
-            length, want = mine.get_seq_length(layer), theirs.get_seq_length(layer)
+            length = mine.get_seq_length(layer)
+            want = theirs.get_seq_length(layer)
             assert length == want, f"get_seq_length({layer}) is {length} {when}, DynamicCache says {want}: count along dim -2"
 
 
@@ -99,14 +101,14 @@ def test_layers_do_not_share_a_cache(impl, device):
     k0, v0 = random_states(1, 2, 4, 8, torch.float32, device)
     k1, v1 = random_states(1, 2, 4, 8, torch.float32, device)
     k_new, v_new = random_states(1, 2, 1, 8, torch.float32, device)
-    layer0_keys, layer0_values = torch.cat([k0, k_new], dim=-2), torch.cat([v0, v_new], dim=-2)
-    shared_keys, mixed_keys = torch.cat([k0, k1], dim=-2), torch.cat([k0, k1, k_new], dim=-2)
-    layer1_keys = k1.clone()
     cache.update(k0.clone(), v0.clone(), 0)
     keys1, _ = cache.update(k1.clone(), v1.clone(), 1)
+    layer1_keys, shared_keys = k1, torch.cat([k0, k1], dim=-2)
     assert_close(keys1, layer1_keys, what="the keys of layer 1 after its first update",
                  mistakes={"layer 1 got layer 0's keys too: keep one cache per layer_idx": shared_keys})
     keys0, values0 = cache.update(k_new.clone(), v_new.clone(), 0)
+    layer0_keys, layer0_values = torch.cat([k0, k_new], dim=-2), torch.cat([v0, v_new], dim=-2)
+    mixed_keys = torch.cat([k0, k1, k_new], dim=-2)
     assert_close(keys0, layer0_keys, what="the keys of layer 0 after a second update",
                  mistakes={"layer 0's cache holds layer 1's keys: keep one cache per layer_idx": mixed_keys})
     assert_close(values0, layer0_values, what="the values of layer 0 after a second update")
@@ -125,7 +127,7 @@ def test_seq_length_is_zero_when_empty(impl, device):
         )
     assert mine.get_seq_length() == 0, f"an empty cache should give get_seq_length() == 0, got {mine.get_seq_length()}"
     k, v = random_states(2, 2, 3, 8, torch.float32, device)
-    mine.update(k, v, 0)
+    mine.update(k.clone(), v.clone(), 0)
     theirs.update(k, v, 0)
     assert mine.get_seq_length() == 3, f"after 3 tokens in layer 0, get_seq_length() (layer 0 by default) is {mine.get_seq_length()}"
     assert mine.get_seq_length(1) == theirs.get_seq_length(1) == 0, (
@@ -178,17 +180,19 @@ def test_incremental_logits_equal_full_recompute(impl, device, heads):
     tiny, llama = llama_pair(impl, device, num_heads=num_heads, num_kv_heads=num_kv_heads)
     ids = torch.randint(0, VOCAB, (3, 14), device=device)
     with torch.no_grad():
-        full = llama(ids).logits  # (3, 14, vocab)
         cache = impl.KVCache()
-        start = 0
+        steps, start = [], 0  # (start, size, logits, cached length after the step)
         for size in [5, 1, 1, 3, 1, 1, 2]:
-            chunk = ids[:, start:start + size]
+            chunk = ids[:, start:start + size].clone()
             positions = torch.arange(start, start + size, device=device)
             logits = tiny(chunk, positions, cache)
+            steps.append((start, size, logits.clone(), cache.get_seq_length()))
+            start += size
+        full = llama(ids).logits  # (3, 14, vocab)
+        for start, size, logits, cached in steps:
             assert_close(logits, full[:, start:start + size],
                          what=f"the logits of tokens {start}..{start + size - 1} fed after {start} cached tokens",
-                         mistakes={"the cache does not hold every token fed so far": lambda out, n=start + size: cache.get_seq_length() != n})
-            start += size
+                         mistakes={"the cache does not hold every token fed so far": lambda out, n=start + size, cached=cached: cached != n})
         assert cache.get_seq_length() == 14, f"after feeding 14 tokens, get_seq_length() is {cache.get_seq_length()}"
 
 
@@ -198,12 +202,12 @@ def test_incremental_logits_in_float32(impl, device):
     tiny, llama = llama_pair(impl, device)
     ids = torch.randint(0, VOCAB, (2, 10), device=device)
     with torch.no_grad():
-        full = llama(ids).logits
         tiny = tiny.float()
         cache = impl.KVCache()
-        tiny(ids[:, :4], torch.arange(4, device=device), cache)
-        for t in range(4, 10):
-            step = tiny(ids[:, t:t + 1], torch.tensor([t], device=device), cache)
+        tiny(ids[:, :4].clone(), torch.arange(4, device=device), cache)
+        steps = {t: tiny(ids[:, t:t + 1].clone(), torch.tensor([t], device=device), cache).clone() for t in range(4, 10)}
+        full = llama(ids).logits
+        for t, step in steps.items():
             assert_close(step[:, 0], full[:, t], what=f"float32 logits of token {t} after {t} cached tokens", dtype=torch.float32)
 
 
@@ -217,8 +221,8 @@ def test_generate_matches_transformers(impl, device, use_cache):
     """generate(model, prompt, n, use_cache) gives the tokens of transformers' greedy generate, batch of 3."""
     tiny, llama = llama_pair(impl, device)
     prompt = torch.randint(0, VOCAB, (3, 6), device=device)
-    want = llama_greedy(llama, prompt.clone(), 8)
     got = impl.generate(tiny, prompt.clone(), 8, use_cache=use_cache)
+    want = llama_greedy(llama, prompt.clone(), 8)
     assert_shape(got, tuple(want.shape), what=f"generate(model, prompt of shape (3, 6), 8, use_cache={use_cache})")
     assert got.dtype == torch.long and got.device.type == device.type, f"generate should return token ids (torch.long) on {device}, got {got.dtype} on {got.device}"
     assert torch.equal(got[:, :6], prompt), "generate should return the prompt followed by the new tokens"
@@ -278,9 +282,9 @@ def test_generate_one_token(impl, device):
     """max_new_tokens=1 appends the argmax of the prompt's last logits (one call, the prefill)."""
     tiny, llama = llama_pair(impl, device)
     prompt = torch.randint(0, VOCAB, (4, 7), device=device)
+    got = impl.generate(tiny, prompt.clone(), 1)
     with torch.no_grad():
         want = llama(prompt).logits[:, -1].argmax(-1)
-    got = impl.generate(tiny, prompt.clone(), 1)
     assert_shape(got, (4, 8), what="generate(model, prompt of shape (4, 7), 1)")
     assert torch.equal(got[:, -1], want), f"the new token is {got[:, -1].tolist()}, the argmax of the last logits is {want.tolist()}"
 
@@ -320,13 +324,13 @@ def test_bytes_match_what_the_caches_hold(impl, device, dtype):
     """kv_cache_bytes equals the bytes DynamicCache and your KVCache hold after a prefill of a GQA model."""
     tiny, llama = llama_pair(impl, device, dtype=dtype, num_layers=3, num_heads=4, num_kv_heads=2, dim=32)
     ids = torch.randint(0, VOCAB, (2, 7), device=device)
+    element = torch.tensor([], dtype=dtype).element_size()
     with torch.no_grad():
+        mine = HeldCache(impl.KVCache())
+        tiny(ids.clone(), torch.arange(7, device=device), mine)
+        got = impl.kv_cache_bytes(3, 2, 8, 7, 2, element)
         theirs = DynamicCache()
         llama(ids, cache=theirs, use_cache=True)
-        mine = HeldCache(impl.KVCache())
-        tiny(ids, torch.arange(7, device=device), mine)
-    element = torch.tensor([], dtype=dtype).element_size()
-    got = impl.kv_cache_bytes(3, 2, 8, 7, 2, element)
     held_by_dynamic = sum(layer.keys.nbytes + layer.values.nbytes for layer in theirs.layers)
     held_by_yours = sum(k.nbytes + v.nbytes for k, v in mine.held.values())
     assert got == held_by_dynamic, f"kv_cache_bytes(3, 2, 8, 7, 2, {element}) is {got}, DynamicCache holds {held_by_dynamic} bytes"

@@ -5,7 +5,8 @@ here in float64, are the oracles of `dpo_loss`; a few training steps of a tiny L
 Run: pytest grader/hidden/07_dpo_loss --impl solutions   (or --impl path/to/submission)
 
 The learner's functions get copies of the inputs (`copies`), and expected values come from the originals,
-computed before the learner's code runs; only the training test hands over its own labels, and checks them.
+computed after the learner's call, so nothing the learner's code could find in memory holds the answer yet;
+only the training test hands over its own labels, and checks them.
 """
 
 import copy
@@ -155,8 +156,8 @@ def test_sequence_logps_matches_gather_and_sum(impl, device, dtype, shape):
     labels = torch.randint(0, vocab, (batch, length))
     labels[:, : length // 3] = -100
     labels = labels.to(device)
-    expected, mistakes = logps_by_hand(logits, labels), sequence_mistakes(logits, labels)
     out = impl.sequence_logps(*copies(logits, labels))
+    expected, mistakes = logps_by_hand(logits, labels), sequence_mistakes(logits, labels)
     assert_close(out, expected, what=f"sequence_logps for {dtype} logits of shape {shape}", dtype=dtype, mistakes=mistakes)
 
 
@@ -166,13 +167,15 @@ def test_sequence_logps_matches_transformers_causal_lm_loss(impl, device):
     model = tiny_llama(device)
     ids, labels = prompt_and_answer(3, [2, 4, 6], 12, device)
     with torch.no_grad():
+        logits = model(input_ids=ids).logits  # the input; the model's losses (the expected values) come after
+    logps = impl.sequence_logps(*copies(logits, labels))
+    with torch.no_grad():
         out = model(input_ids=ids, labels=labels)
         per_row = [model(input_ids=ids[b : b + 1], labels=labels[b : b + 1]).loss for b in range(3)]
     counted = (labels[:, 1:] != -100).sum(-1)  # tokens each row's loss averages over
-    mistakes = sequence_mistakes(out.logits, labels)
+    mistakes = sequence_mistakes(logits, labels)
     # transformers' loss is the mean negative log-likelihood over the counted tokens.
     expected_rows = -torch.stack(per_row) * counted
-    logps = impl.sequence_logps(*copies(out.logits, labels))
     assert_close(logps, expected_rows, what="sequence_logps against -(LlamaForCausalLM loss of each row) x (its counted tokens)", mistakes=mistakes)
     assert_close(-logps.sum() / counted.sum(), out.loss, what="-sum(sequence_logps) / (counted tokens), against the batch's LlamaForCausalLM loss")
 
@@ -187,10 +190,10 @@ def test_custom_ignore_index_matches_transformers(impl, device, ignore_index):
     labels[1, -3:] = ignore_index  # padding at the end of the second row
     with torch.no_grad():
         logits = model(input_ids=ids).logits
+    logps = impl.sequence_logps(*copies(logits, labels), ignore_index=ignore_index)
     counted = (labels[:, 1:] != ignore_index).sum()
     expected = -ForCausalLMLoss(logits, labels, VOCAB, ignore_index=ignore_index) * counted
     by_hand, mistakes = logps_by_hand(logits, labels, ignore_index), sequence_mistakes(logits, labels, ignore_index)
-    logps = impl.sequence_logps(*copies(logits, labels), ignore_index=ignore_index)
     assert_shape(logps, (2,), what=f"sequence_logps(..., ignore_index={ignore_index})")
     assert_close(logps.sum(), expected, what=f"the sum of sequence_logps(..., ignore_index={ignore_index}) against transformers' ForCausalLMLoss")
     assert_close(logps, by_hand, what=f"sequence_logps(..., ignore_index={ignore_index})", dtype=torch.float32, mistakes=mistakes)
@@ -210,9 +213,11 @@ def test_right_padding_changes_nothing(impl, device):
     labels[:, :prompt] = -100
     ids, attention_mask, labels = ids.to(device), attention_mask.to(device), labels.to(device)
     with torch.no_grad():
-        expected = torch.stack([logps_by_hand(model(input_ids=ids[b : b + 1, :n]).logits, labels[b : b + 1, :n])[0] for b, n in enumerate(lengths)])
-        padded = impl.sequence_logps(model(input_ids=ids, attention_mask=attention_mask).logits, labels.clone())
-        alone = torch.stack([impl.sequence_logps(model(input_ids=ids[b : b + 1, :n]).logits, labels[b : b + 1, :n].clone())[0] for b, n in enumerate(lengths)])
+        padded_logits = model(input_ids=ids, attention_mask=attention_mask).logits
+        alone_logits = [model(input_ids=ids[b : b + 1, :n]).logits for b, n in enumerate(lengths)]
+    padded = impl.sequence_logps(*copies(padded_logits, labels))
+    alone = torch.stack([impl.sequence_logps(*copies(logits, labels[b : b + 1, :n]))[0] for b, (logits, n) in enumerate(zip(alone_logits, lengths))])
+    expected = torch.stack([logps_by_hand(logits, labels[b : b + 1, :n])[0] for b, (logits, n) in enumerate(zip(alone_logits, lengths))])
     assert_close(alone, expected, what="sequence_logps of each row alone", dtype=torch.float32)
     assert_close(padded, expected, what="sequence_logps of the right-padded batch", dtype=torch.float32,
                  mistakes={"padding was counted: positions labelled -100 must add nothing": lambda out: bool((out < expected.to(out) - 1e-3).any())})
@@ -225,11 +230,12 @@ def test_left_padding_and_garbage_logits(impl, device):
     labels = torch.randint(0, 13, (2, 9))
     labels[0, :4] = -100  # left padding + prompt
     labels[1, :2] = -100
-    reference = logps_by_hand(logits, labels)
+    clean = logits.clone()  # the reference is computed from the logits before the garbage
     logits[0, :3] = 1e4 * torch.randn(3, 13)  # positions 0..2 score labels 1..3, all ignored
     logits[1, 0] = -1e4
-    mistakes = sequence_mistakes(logits, labels)
     out = impl.sequence_logps(logits.to(device, copy=True), labels.to(device, copy=True))
+    reference = logps_by_hand(clean, labels)
+    mistakes = sequence_mistakes(logits, labels)
     assert_close(out, reference, what="sequence_logps with garbage logits at ignored positions", dtype=torch.float32, mistakes=mistakes)
 
 
@@ -252,8 +258,8 @@ def test_a_row_with_nothing_to_score_gives_zero(impl, device):
     logits = torch.randn(2, 5, 8, device=device)
     labels = torch.randint(0, 8, (2, 5), device=device)
     labels[0] = -100
-    expected = logps_by_hand(logits, labels)
     out = impl.sequence_logps(*copies(logits, labels))
+    expected = logps_by_hand(logits, labels)
     assert_close(out, expected, what="sequence_logps with an all-ignored first row", dtype=torch.float32,
                  mistakes={"an all-ignored row gave NaN: a mean over zero tokens? DPO sums": lambda out: bool(torch.isnan(out).any())})
 
@@ -284,8 +290,8 @@ def test_sequence_logps_gradient(impl, device):
 def test_loss_matches_the_formula(impl, device, loss_type, beta, dtype):
     """Each loss type equals its formula (TRL's conventions) for several beta, per pair, in the inputs' dtype."""
     pc, pr, rc, rr = preference_logps(16, device, dtype)
-    expected, mistakes = loss_truth(pc, pr, rc, rr, beta, loss_type=loss_type), loss_mistakes(pc, pr, rc, rr, beta, loss_type=loss_type)
     losses, _, _ = impl.dpo_loss(*copies(pc, pr, rc, rr), beta=beta, loss_type=loss_type)
+    expected, mistakes = loss_truth(pc, pr, rc, rr, beta, loss_type=loss_type), loss_mistakes(pc, pr, rc, rr, beta, loss_type=loss_type)
     assert_close(losses, expected, what=f"dpo_loss(..., beta={beta}, loss_type={loss_type!r}) losses", dtype=dtype, mistakes=mistakes)
 
 
@@ -396,9 +402,9 @@ def test_gradients_raise_chosen_and_lower_rejected(impl, device, loss_type):
     pc = (rc + 0.1 * torch.randn(8, device=device)).requires_grad_()
     pr = (rr + 0.1 * torch.randn(8, device=device)).requires_grad_()
     pc64, pr64 = pc.detach().double().requires_grad_(), pr.detach().double().requires_grad_()
-    loss_truth(pc64, pr64, rc, rr, beta, loss_type=loss_type).sum().backward()
     losses, _, _ = impl.dpo_loss(pc, pr, *copies(rc, rr), beta=beta, loss_type=loss_type)
     losses.sum().backward()
+    loss_truth(pc64, pr64, rc, rr, beta, loss_type=loss_type).sum().backward()
     assert pc.grad is not None and pr.grad is not None, "dpo_loss gave no gradient to the policy log-probabilities"
     assert bool((pc.grad < 0).all()), f"{loss_type}: d loss / d policy_chosen_logps should be negative (push the chosen answer up), got {pc.grad.tolist()}"
     assert bool((pr.grad > 0).all()), f"{loss_type}: d loss / d policy_rejected_logps should be positive (push the rejected answer down), got {pr.grad.tolist()}"
@@ -453,7 +459,7 @@ def test_a_few_dpo_steps_widen_the_margin(impl, device):
             gap = [logps_float64(m(input_ids=i).logits, l) for m in (policy, reference) for i, l in ((chosen_ids, kept["chosen"]), (rejected_ids, kept["rejected"]))]
         return ((gap[0] - gap[1]) - (gap[2] - gap[3])).cpu()
 
-    before = margins()
+    before = margins()  # order: the margins before training must be measured before the learner's steps move the policy
     optimizer = torch.optim.Adam(policy.parameters(), lr=1e-2)
     losses_seen = []
     for _ in range(steps):
