@@ -141,9 +141,9 @@ def grading(repeats: int, modules) -> list[dict]:
     in_tests = sum(t["duration"] for t in tests)
     for name in sorted({t["module"] for t in tests}):
         mine = [t["duration"] for t in tests if t["module"] == name]
-        rows.append({"what": f"where it went: {name}, {len(mine)} tests in forked children", "seconds": sum(mine),
+        rows.append({"what": f"where it went: {name}, {len(mine)} tests in its runner", "seconds": sum(mine),
                      "ratio": None, "target": f"median {1000 * statistics.median(mine):.0f} ms per test"})
-    rows.append({"what": "where it went: worker start (namespaces, imports, collection), judge", "seconds":
+    rows.append({"what": "where it went: the rest (sandbox and worker start: imports, collection; each module's import; the judge)", "seconds":
                  record["seconds"] - in_tests, "ratio": None, "target": ""})
     return rows
 
@@ -216,13 +216,13 @@ def throughput(class_size: int, modules) -> list[dict]:
 
 
 def project_suite() -> list[dict]:
-    """`pytest` with no argument, as CI runs it: its wall time, and where it went, file by file (from JUnit XML)."""
+    """`pytest -n auto`, as CI runs it: its wall time, and where it went, file by file (from JUnit XML: test time summed over the workers)."""
     import xml.etree.ElementTree as ET
 
     with tempfile.TemporaryDirectory() as tmp:
         xml = Path(tmp) / "suite.xml"
         start = time.perf_counter()
-        done = subprocess.run([PY, "-m", "pytest", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"], cwd=ROOT, env=ENV,
+        done = subprocess.run([PY, "-m", "pytest", "-n", "auto", "-q", "-p", "no:cacheprovider", f"--junitxml={xml}"], cwd=ROOT, env=ENV,
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         seconds = time.perf_counter() - start
         by_file: dict[str, list[float]] = {}
@@ -231,7 +231,7 @@ def project_suite() -> list[dict]:
                 name = case.get("classname", "").split(".")[-1] + ".py"
                 by_file.setdefault(name, []).append(float(case.get("time", 0.0)))
     summary = (done.stdout.strip().splitlines() or ["no output"])[-1]
-    rows = [{"what": "`pytest` (the whole project suite, one run)", "seconds": seconds, "ratio": None,
+    rows = [{"what": "`pytest -n auto` (the whole project suite, one run, as CI runs it)", "seconds": seconds, "ratio": None,
              "target": verdict(seconds < PROJECT_SUITE_SECONDS, f"< {PROJECT_SUITE_SECONDS / 60:g} min") + f"; {summary}"}]
     for name, times in sorted(by_file.items(), key=lambda item: -sum(item[1])):
         rows.append({"what": f"where it went: tests/{name}, {len(times)} tests", "seconds": sum(times), "ratio": None,

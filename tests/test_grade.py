@@ -357,7 +357,7 @@ def test_gradescope_bundle_runs_as_gradescope_runs_it(tmp_path):
 def test_the_references_get_full_marks_from_llmlab_grade(tmp_path):
     """Every module's reference, graded in the sandbox with the default limits, earns every point.
 
-    The sandbox is not pytest: tests run in forked children under a private uid, the hidden suite's files
+    The sandbox is not pytest: tests run in a runner forked per module under a private uid, the hidden suite's files
     unreadable, /tmp and the network private. A suite that only passes under plain pytest fails here
     (module 08's ranks must import the suite's worker functions; Python installed under /root must stay
     importable for the private uid; tmp_path needs its reports; torchrun needs more than --timeout).
