@@ -6,6 +6,9 @@ tolerance, plus one derived slack: the contract asks for the softmax in float32 
 computed in the input dtype (transformers' eager attention does), and the slack is exactly what rounding the
 scores to that dtype changes in the float64 result.
 
+The learner's code gets copies of the inputs (and of LlamaAttention's weights) and runs first: expected values
+come from the originals, computed after the learner's call.
+
 Run: pytest grader/hidden/09_attention --impl solutions   (or --impl path/to/submission)
 """
 
@@ -120,8 +123,8 @@ def known_mistakes(q, k, v, allowed, padding_mask=None, causal=True):
 def test_repeat_kv_matches_transformers(impl, device, n_rep):
     """repeat_kv(x, n_rep) equals transformers' repeat_kv: each kv head repeated n_rep times consecutively."""
     x = torch.randn(2, 3, 5, 8, device=device)
-    expected = repeat_kv(x, n_rep)
-    assert_close(impl.repeat_kv(x, n_rep), expected, what=f"repeat_kv(x, {n_rep}) for x of shape (2, 3, 5, 8)",
+    out = impl.repeat_kv(x.clone(), n_rep)
+    assert_close(out, repeat_kv(x, n_rep), what=f"repeat_kv(x, {n_rep}) for x of shape (2, 3, 5, 8)",
                  mistakes={"heads tiled [a, b, a, b]; repeat each one consecutively [a, a, b, b]": x.repeat(1, n_rep, 1, 1)})
 
 
@@ -262,11 +265,12 @@ def test_float64_inputs(impl, device):
 @pytest.mark.points(2)
 def test_gradients_match_sdpa(impl, device):
     """Gradients through attention (to q, k and v) equal those of float64 SDPA."""
-    q, k, v = (t.requires_grad_() for t in qkv(2, 4, 2, 6, 10, 8, torch.float32, device))
+    originals = qkv(2, 4, 2, 6, 10, 8, torch.float32, device)
+    q, k, v = (t.clone().requires_grad_() for t in originals)  # the learner's leaves
     padding = random_padding(2, 10, device)
     grad_out = torch.randn(2, 4, 6, 8, device=device)
-    impl.attention(q, k, v, causal=True, padding_mask=padding).backward(grad_out)
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    impl.attention(q, k, v, causal=True, padding_mask=padding.clone()).backward(grad_out.clone())
+    q64, k64, v64 = (t.double().requires_grad_() for t in originals)
     n_rep = 2
     F.scaled_dot_product_attention(q64, repeat_kv(k64, n_rep), repeat_kv(v64, n_rep),
                                    attn_mask=allowed_mask(6, 10, True, padding, device)).backward(grad_out.double())
@@ -335,11 +339,11 @@ class ListCache:
 def test_state_dict_of_llama_attention_loads_strictly(impl, heads):
     """GroupedQueryAttention has q_proj, k_proj, v_proj, o_proj shaped as LlamaAttention's, without bias."""
     n_heads, n_kv = heads
+    mine = impl.GroupedQueryAttention(48, n_heads, n_kv, head_dim=8)
+    got = {name: tuple(t.shape) for name, t in mine.state_dict().items()}
     config = LlamaConfig(hidden_size=48, num_attention_heads=n_heads, num_key_value_heads=n_kv, head_dim=8)
     theirs = LlamaAttention(config, layer_idx=0)
-    mine = impl.GroupedQueryAttention(48, n_heads, n_kv, head_dim=8)
     want = {name: tuple(t.shape) for name, t in theirs.state_dict().items()}
-    got = {name: tuple(t.shape) for name, t in mine.state_dict().items()}
     assert got == want, f"GroupedQueryAttention(48, {n_heads}, {n_kv}, head_dim=8) has parameters {got}; LlamaAttention has {want}"
 
 
@@ -351,10 +355,10 @@ def test_matches_llama_attention(impl, device, heads, head_dim):
     n_heads, n_kv = heads
     mine, theirs, rope = llama_pair(impl, n_heads, n_kv, hidden=48, head_dim=head_dim, device=device)
     x = torch.randn(2, 10, 48, dtype=torch.float64, device=device)
-    positions = torch.arange(10, device=device).expand(2, 10)
-    expected = llama_forward(theirs, rope, x, positions, allowed_mask(10, 10, True, device=device))
     with torch.no_grad():
         out = mine(x.clone())
+    positions = torch.arange(10, device=device).expand(2, 10)
+    expected = llama_forward(theirs, rope, x, positions, allowed_mask(10, 10, True, device=device))
     assert_close(out, expected, what=f"GroupedQueryAttention ({n_heads} heads, {n_kv} kv heads) against LlamaAttention",
                  tol=_float32_tol(device))
 
@@ -366,9 +370,9 @@ def test_positions_and_rope_theta(impl, device, theta):
     mine, theirs, rope = llama_pair(impl, 4, 2, hidden=48, theta=theta, device=device)
     x = torch.randn(2, 6, 48, dtype=torch.float64, device=device)
     positions = torch.stack([torch.arange(6), torch.arange(40, 46)]).to(device)
-    expected = llama_forward(theirs, rope, x, positions, allowed_mask(6, 6, True, device=device))
     with torch.no_grad():
         out = mine(x.clone(), position_ids=positions.clone())
+    expected = llama_forward(theirs, rope, x, positions, allowed_mask(6, 6, True, device=device))
     assert_close(out, expected, what=f"GroupedQueryAttention with position_ids (batch, seq) and rope_theta={theta}",
                  tol=_float32_tol(device))
 
@@ -381,12 +385,14 @@ def test_incremental_decoding_equals_the_full_pass(impl, device, heads, cache_ki
     n_heads, n_kv = heads
     mine, theirs, rope = llama_pair(impl, n_heads, n_kv, hidden=48, device=device)
     x = torch.randn(2, 9, 48, dtype=torch.float64, device=device)
+    chunks = ((0, 5), (5, 6), (6, 7), (7, 9))
     with torch.no_grad():
         full = mine(x.clone())
         cache = DynamicCache() if cache_kind == "dynamic_cache" else ListCache()
+        # every chunk through the learner's module first, then LlamaAttention chunk by chunk
+        parts = [mine(x[:, start:stop].clone(), cache=cache, layer_idx=0) for start, stop in chunks]
         theirs_cache = DynamicCache()
-        for start, stop in ((0, 5), (5, 6), (6, 7), (7, 9)):
-            part = mine(x[:, start:stop].clone(), cache=cache, layer_idx=0)
+        for (start, stop), part in zip(chunks, parts):
             positions = torch.arange(start, stop, device=device).expand(2, -1)
             expected = llama_forward(theirs, rope, x[:, start:stop], positions, allowed_mask(stop - start, stop, True, device=device), theirs_cache)
             what = f"GroupedQueryAttention on tokens {start}..{stop - 1} after {start} cached ones ({cache_kind})"
@@ -407,10 +413,11 @@ def test_padding_mask_with_a_cache(impl, device):
     padding = torch.ones(2, 8, dtype=torch.bool, device=device)
     padding[1, 3:5] = False  # two padded tokens inside the second row's prompt
     padding[0, 6] = False
+    chunks = ((0, 5), (5, 6), (6, 8))
     cache, theirs_cache = DynamicCache(), DynamicCache()
     with torch.no_grad():
-        for start, stop in ((0, 5), (5, 6), (6, 8)):
-            part = mine(x[:, start:stop].clone(), padding_mask=padding[:, :stop].clone(), cache=cache)
+        parts = [mine(x[:, start:stop].clone(), padding_mask=padding[:, :stop].clone(), cache=cache) for start, stop in chunks]
+        for (start, stop), part in zip(chunks, parts):
             positions = torch.arange(start, stop, device=device).expand(2, -1)
             allowed = allowed_mask(stop - start, stop, True, padding[:, :stop], device)
             expected = llama_forward(theirs, rope, x[:, start:stop], positions, allowed, theirs_cache)
@@ -425,14 +432,11 @@ def test_padding_mask_with_a_cache(impl, device):
 def test_module_in_each_dtype(impl, device, dtype):
     """The module cast to float32, float16 or bfloat16 returns that dtype, close to LlamaAttention in float64 (same rounded weights)."""
     mine, theirs, rope = llama_pair(impl, 4, 2, hidden=48, dtype=dtype, device=device)
-    theirs = theirs.to(torch.float64)
-    with torch.no_grad():  # the truth holds the same rounded weights as the module
-        for name, p in theirs.named_parameters():
-            p.copy_(dict(mine.named_parameters())[name].double())
     x = torch.randn(2, 7, 48, device=device).to(dtype)
-    expected = llama_forward(theirs, rope, x.double(), torch.arange(7, device=device).expand(2, -1), allowed_mask(7, 7, True, device=device))
     with torch.no_grad():
         out = mine(x.clone())
+    theirs = theirs.to(torch.float64)  # llama_pair cast it to dtype with the module: it holds the same rounded weights
+    expected = llama_forward(theirs, rope, x.double(), torch.arange(7, device=device).expand(2, -1), allowed_mask(7, 7, True, device=device))
     # Rounding the projections to the dtype moves q and k; the scores move by the same relative amount, and the
     # output by what that does to the softmax: covered by the tolerance's atol on this scale (checked on the
     # reference and on transformers' eager attention in this dtype).

@@ -7,6 +7,9 @@ head's `q_len x kv_len` score matrix; the same mode counts the multiply-adds of 
 under `causal` the tiles above the diagonal must not be computed at all (counting work, not function calls,
 accepts any way of writing the loops).
 
+The learner's functions get copies of the inputs: expected values come from the originals, computed after the
+learner's call.
+
 Run: pytest grader/hidden/10_flash_attention --impl solutions   (or --impl path/to/submission)
 """
 
@@ -50,8 +53,8 @@ def truth(q, k, v, causal=False, scale=None):
     return out, torch.logsumexp(scores, dim=-1)
 
 
-def qkv(batch, heads, q_len, kv_len, head_dim, dtype, device, requires_grad=False):
-    make = lambda n: torch.randn(batch, heads, n, head_dim).to(device=device, dtype=dtype).requires_grad_(requires_grad)  # noqa: E731
+def qkv(batch, heads, q_len, kv_len, head_dim, dtype, device):
+    make = lambda n: torch.randn(batch, heads, n, head_dim).to(device=device, dtype=dtype)  # noqa: E731
     return make(q_len), make(kv_len), make(kv_len)
 
 
@@ -116,7 +119,7 @@ def test_a_fully_masked_row_keeps_its_state(impl, device):
     scores = torch.randn(3, 5, device=device)
     scores[1] = float("-inf")  # row 1 sees nothing in this block, while its m is still -inf
     v = torch.randn(5, 4, device=device)
-    m, l, acc = impl.online_softmax_update(m, l, acc, scores, v)
+    m, l, acc = impl.online_softmax_update(m, l, acc, scores.clone(), v.clone())
     for name, value, fresh in (("m", m[1], float("-inf")), ("l", l[1], 0.0), ("acc", acc[1], 0.0)):
         ok = bool(torch.all(value == fresh))
         assert ok, (f"after a block of all -inf scores, row 1's {name} is {value.tolist()}, expected {fresh} (unchanged): "
@@ -178,11 +181,12 @@ def test_each_dtype(impl, device, dtype, causal):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
 def test_gradients_match_sdpa(impl, device, dtype, causal):
     """Gradients through out (to q, k, v) equal those of float64 SDPA, for a ragged length (130 tokens, blocks of 32)."""
-    q, k, v = qkv(1, 2, 130, 130, 16, dtype, device, requires_grad=True)
+    originals = qkv(1, 2, 130, 130, 16, dtype, device)
+    q, k, v = (t.clone().requires_grad_() for t in originals)  # the learner's leaves
     grad_out = torch.randn(1, 2, 130, 16, device=device).to(dtype)
     out, _ = impl.flash_attention(q, k, v, causal=causal, block_q=32, block_k=32)
-    out.backward(grad_out)
-    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    out.backward(grad_out.clone())
+    q64, k64, v64 = (t.double().requires_grad_() for t in originals)
     F.scaled_dot_product_attention(q64, k64, v64, is_causal=causal).backward(grad_out.double())
     for name, mine, want in (("q", q, q64), ("k", k, k64), ("v", v, v64)):
         assert mine.grad is not None, f"no gradient reached {name}: keep the tiles inside autograd (or write a backward)"
@@ -250,7 +254,8 @@ class Watch(TorchDispatchMode):
 @pytest.mark.parametrize("causal", [False, True], ids=["full", "causal"])
 def test_no_full_score_matrix_forward_or_backward(impl, causal):
     """No tensor as large as one head's q_len x kv_len score matrix is ever made, in the forward or the backward (257 tokens, blocks of 64)."""
-    q, k, v = qkv(1, 2, 257, 257, 16, torch.float32, "cpu", requires_grad=True)
+    originals = qkv(1, 2, 257, 257, 16, torch.float32, "cpu")
+    q, k, v = (t.clone().requires_grad_() for t in originals)  # the learner's leaves
     limit = 257 * 257
     with Watch() as forward:
         out, _ = impl.flash_attention(q, k, v, causal=causal, block_q=64, block_k=64)
@@ -264,7 +269,7 @@ def test_no_full_score_matrix_forward_or_backward(impl, causal):
         f"the backward made a tensor of {backward.largest} elements ({backward.largest_op}), as large as the whole "
         f"257 x 257 score matrix of one head: autograd through the tiles keeps each tile separate; a custom backward must tile too"
     )
-    want, _ = truth(q, k, v, causal)
+    want, _ = truth(*originals, causal)
     assert_close(out, want, what="out of flash_attention(257 tokens, blocks of 64)", dtype=torch.float32)
 
 

@@ -8,6 +8,9 @@ margin larger than the rounding of the dtype, so every correct order of operatio
 `sample_next_token` is checked by the distribution of many seeded draws against the float64 truth
 (a chi-square test whose false-alarm rate is FALSE_ALARM), never seed for seed.
 
+The learner's functions get copies of the inputs: expected values come from the originals, computed after the
+learner's call.
+
 Run: pytest grader/hidden/11_sampling --impl solutions   (or --impl path/to/submission)
 """
 
@@ -161,8 +164,9 @@ def min_p_mistakes(logits, min_p):
     }
 
 
-def unchanged(before, logits, name):
-    assert torch.equal(before, logits), f"{name} changed its input logits in place: return a new tensor (masked_fill, not masked_fill_)"
+def unchanged(original, given, name):
+    """The logits the learner's function was given still equal the original."""
+    assert torch.equal(original, given), f"{name} changed its input logits in place: return a new tensor (masked_fill, not masked_fill_)"
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -180,9 +184,9 @@ def test_repetition_penalty_matches_transformers(impl, device, dtype, penalty):
     input_ids[:, 1] = input_ids[:, 0]  # every row repeats a token: the penalty is applied once per token
     input_ids[:, 2] = input_ids[:, 0]
     input_ids[0, 3] = 7
-    before = logits.clone()
-    out = impl.apply_repetition_penalty(logits, input_ids, penalty)
-    unchanged(before, logits, "apply_repetition_penalty")
+    given = logits.clone()  # the learner's copy; logits stays the original
+    out = impl.apply_repetition_penalty(given, input_ids.clone(), penalty)
+    unchanged(logits, given, "apply_repetition_penalty")
     what = f"apply_repetition_penalty(logits, input_ids, {penalty}) for {dtype} logits"
     assert_close(out, hf(RepetitionPenaltyLogitsProcessor(penalty), logits, input_ids), what=what,
                  mistakes=penalty_mistakes(logits, input_ids, penalty))
@@ -194,7 +198,7 @@ def test_repetition_penalty_is_per_row(impl, device):
     """Each row is penalised by its own input_ids only: a token seen in row 0 is not penalised in row 1."""
     logits = torch.full((2, 6), 2.0, device=device)
     input_ids = torch.tensor([[1, 1, 4], [0, 0, 0]], device=device)
-    out = impl.apply_repetition_penalty(logits, input_ids, 2.0)
+    out = impl.apply_repetition_penalty(logits.clone(), input_ids.clone(), 2.0)
     want = torch.tensor([[2.0, 1.0, 2.0, 2.0, 1.0, 2.0], [1.0, 2.0, 2.0, 2.0, 2.0, 2.0]], device=device)
     assert_close(out, want, what="apply_repetition_penalty on two rows with different histories",
                  mistakes={"tokens of every row were penalised in every row: scatter into each row's own logits":
@@ -220,9 +224,9 @@ def test_temperature_matches_transformers(impl, device, dtype, temperature):
     """apply_temperature equals TemperatureLogitsWarper (logits / temperature) and keeps the dtype."""
     logits = random_logits(3, 40, dtype, device)
     logits[1, :5] = float("-inf")  # tokens an earlier filter removed stay removed
-    before = logits.clone()
-    out = impl.apply_temperature(logits, temperature)
-    unchanged(before, logits, "apply_temperature")
+    given = logits.clone()  # the learner's copy; logits stays the original
+    out = impl.apply_temperature(given, temperature)
+    unchanged(logits, given, "apply_temperature")
     what = f"apply_temperature(logits, {temperature}) for {dtype} logits"
     assert_close(out, hf(TemperatureLogitsWarper(temperature), logits), what=what,
                  mistakes={"you multiplied by the temperature; divide by it": logits.double() * temperature})
@@ -246,9 +250,9 @@ def test_temperature_rejects_non_positive(impl, temperature):
 def test_top_k_matches_transformers_with_ties(impl, device, dtype, k):
     """top_k_filter equals TopKLogitsWarper on logits with many ties (every tie at the k-th value is kept)."""
     logits = random_logits(5, 32, dtype, device, ties=True)
-    before = logits.clone()
-    out = impl.top_k_filter(logits, k)
-    unchanged(before, logits, "top_k_filter")
+    given = logits.clone()  # the learner's copy; logits stays the original
+    out = impl.top_k_filter(given, k)
+    unchanged(logits, given, "top_k_filter")
     expected = hf(TopKLogitsWarper(k), logits)
     mistakes = top_k_mistakes(logits, k)
     mistakes[f"the number of tokens kept per row differs from {torch.isfinite(expected).sum(-1).tolist()}"] = \
@@ -260,7 +264,7 @@ def test_top_k_matches_transformers_with_ties(impl, device, dtype, k):
 def test_top_k_keeps_every_tie(impl, device):
     """With the 2nd to 4th largest logits equal, top_k_filter(logits, 2) keeps 4 tokens, as TopKLogitsWarper."""
     logits = torch.tensor([[0.1, 3.0, 1.0, 1.0, -2.0, 1.0, 0.5]], device=device)
-    out = impl.top_k_filter(logits, 2)
+    out = impl.top_k_filter(logits.clone(), 2)
     kept = torch.isfinite(out).sum().item()
     assert kept == 4, (
         f"top_k_filter kept {kept} tokens of [0.1, 3.0, 1.0, 1.0, -2.0, 1.0, 0.5] with k=2; transformers keeps 4: "
@@ -274,7 +278,7 @@ def test_top_k_keeps_every_tie(impl, device):
 def test_top_k_disabled(impl, device, k):
     """top_k_filter with k <= 0 or k >= vocab (20) returns the logits unchanged."""
     logits = random_logits(2, 20, torch.float32, device)
-    out = impl.top_k_filter(logits, k)
+    out = impl.top_k_filter(logits.clone(), k)
     assert_close(out, logits, what=f"top_k_filter(logits, {k}) with vocab 20 (the filter is off)")
 
 
@@ -288,9 +292,9 @@ def test_top_k_disabled(impl, device, k):
 def test_top_p_matches_transformers(impl, device, dtype, shape):
     """top_p_filter equals TopPLogitsWarper and the float64 rule, with p away from every partial sum."""
     logits, p = safe_top_p(random_logits(*shape, dtype, device, scale=3.0), dtype)
-    before = logits.clone()
-    out = impl.top_p_filter(logits, p)
-    unchanged(before, logits, "top_p_filter")
+    given = logits.clone()  # the learner's copy; logits stays the original
+    out = impl.top_p_filter(given, p)
+    unchanged(logits, given, "top_p_filter")
     truth = top_p_truth(logits, p)
     what = f"top_p_filter(logits, {p:.4f}) for {dtype} logits of shape {shape}"
     assert_close(out, truth, what=what, dtype=dtype, mistakes=top_p_mistakes(logits, p))
@@ -304,7 +308,7 @@ def test_top_p_keeps_the_token_that_crosses_p(impl, device, p):
     """Probabilities 0.5, 0.3, 0.15, 0.05: p=0.6 keeps 2 tokens, 0.85 keeps 3, 0.97 keeps 4 (the crossing token stays)."""
     probs = torch.tensor([[0.15, 0.5, 0.05, 0.3]], dtype=torch.float64)
     logits = probs.log().float().to(device)
-    out = impl.top_p_filter(logits, p)
+    out = impl.top_p_filter(logits.clone(), p)
     want = {0.6: 2, 0.85: 3, 0.97: 4}[p]
     kept = int(torch.isfinite(out).sum())
     assert kept == want, (
@@ -320,7 +324,7 @@ def test_top_p_min_tokens_to_keep(impl, device, min_tokens_to_keep):
     """A small p keeps only the top token, unless min_tokens_to_keep asks for more, as TopPLogitsWarper."""
     logits, _ = safe_top_p(random_logits(3, 30, torch.float32, device, scale=3.0), torch.float32)
     p = 0.01  # below every top probability: the top token alone reaches it
-    out = impl.top_p_filter(logits, p, min_tokens_to_keep=min_tokens_to_keep)
+    out = impl.top_p_filter(logits.clone(), p, min_tokens_to_keep=min_tokens_to_keep)
     expected = hf(TopPLogitsWarper(p, min_tokens_to_keep=min_tokens_to_keep), logits)
     assert_close(out, expected, what=f"top_p_filter(logits, 0.01, min_tokens_to_keep={min_tokens_to_keep})",
                  mistakes=top_p_mistakes(logits, p, min_tokens_to_keep))
@@ -331,7 +335,7 @@ def test_top_p_min_tokens_to_keep(impl, device, min_tokens_to_keep):
 def test_top_p_of_one_keeps_everything(impl, device):
     """top_p_filter(logits, 1.0) keeps every token."""
     logits = random_logits(2, 30, torch.float32, device)
-    assert_close(impl.top_p_filter(logits, 1.0), logits, what="top_p_filter(logits, 1.0)")
+    assert_close(impl.top_p_filter(logits.clone(), 1.0), logits, what="top_p_filter(logits, 1.0)")
 
 
 @pytest.mark.points(1)
@@ -351,9 +355,9 @@ def test_top_p_rejects_p_outside_0_1(impl, p):
 def test_min_p_matches_transformers(impl, device, dtype, shape):
     """min_p_filter equals MinPLogitsWarper: drop tokens below min_p times the top probability."""
     logits, min_p = safe_min_p(random_logits(*shape, dtype, device), dtype)
-    before = logits.clone()
-    out = impl.min_p_filter(logits, min_p)
-    unchanged(before, logits, "min_p_filter")
+    given = logits.clone()  # the learner's copy; logits stays the original
+    out = impl.min_p_filter(given, min_p)
+    unchanged(logits, given, "min_p_filter")
     what = f"min_p_filter(logits, {min_p:.4f}) for {dtype} logits of shape {shape}"
     assert_close(out, min_p_truth(logits, min_p), what=what, dtype=dtype, mistakes=min_p_mistakes(logits, min_p))
     assert_close(out, hf(MinPLogitsWarper(min_p), logits), what=what + " against MinPLogitsWarper")
@@ -364,7 +368,7 @@ def test_min_p_matches_transformers(impl, device, dtype, shape):
 def test_min_p_extremes(impl, device, min_p):
     """min_p=0 keeps every token; min_p=1 keeps only the most probable one."""
     logits = random_logits(3, 20, torch.float32, device)
-    out = impl.min_p_filter(logits, min_p)
+    out = impl.min_p_filter(logits.clone(), min_p)
     assert_close(out, hf(MinPLogitsWarper(min_p), logits), what=f"min_p_filter(logits, {min_p})")
 
 
@@ -380,13 +384,15 @@ def test_filters_handle_extreme_logits(impl, device):
     logits[1] += 1e4
     logits[2] -= 1e4
     logits, p = safe_top_p(logits, torch.float32)
-    checks = [
-        ("top_k_filter(logits, 5)", impl.top_k_filter(logits, 5), hf(TopKLogitsWarper(5), logits)),
-        (f"top_p_filter(logits, {p:.4f})", impl.top_p_filter(logits, p), top_p_truth(logits, p).float()),
-        ("min_p_filter(logits, 0.1)", impl.min_p_filter(logits, 0.1), min_p_truth(logits, 0.1).float()),
-        ("apply_temperature(logits, 0.5)", impl.apply_temperature(logits, 0.5), hf(TemperatureLogitsWarper(0.5), logits)),
+    outs = [
+        ("top_k_filter(logits, 5)", impl.top_k_filter(logits.clone(), 5)),
+        (f"top_p_filter(logits, {p:.4f})", impl.top_p_filter(logits.clone(), p)),
+        ("min_p_filter(logits, 0.1)", impl.min_p_filter(logits.clone(), 0.1)),
+        ("apply_temperature(logits, 0.5)", impl.apply_temperature(logits.clone(), 0.5)),
     ]
-    for what, out, expected in checks:
+    wants = [hf(TopKLogitsWarper(5), logits), top_p_truth(logits, p).float(), min_p_truth(logits, 0.1).float(),
+             hf(TemperatureLogitsWarper(0.5), logits)]
+    for (what, out), expected in zip(outs, wants):
         assert not torch.isnan(out).any(), f"{what} gave NaN on logits with -inf entries or values around ±1e4: use softmax, not exp / sum"
         assert_close(out, expected, what=what + " on rows with -inf and ±1e4 logits")
 
@@ -559,12 +565,12 @@ def test_sampling_distribution_matches_transformers(impl, device, case):
     """40,000 draws of sample_next_token fit the distribution of transformers' processors (chi-square test)."""
     logits, _ = crafted_logits(device)
     history = history_for(logits, device)
-    kwargs = sampling_case(case, logits, history)
-    probs = hf_distribution(logits, history, **kwargs)[0]
+    kwargs = sampling_case(case, logits, history)  # order: the thresholds are inputs, placed between partial sums
     generator = torch.Generator(device=device).manual_seed(int(torch.randint(0, 2**31, ())))  # from the test's seed
     batch_logits = logits.repeat(DRAWS, 1)  # one draw per row: DRAWS independent draws
     batch_history = history.repeat(DRAWS, 1)
     draws = impl.sample_next_token(batch_logits, batch_history, generator=generator, **kwargs)
+    probs = hf_distribution(logits, history, **kwargs)[0]
     shown = ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in kwargs.items()) or "defaults"
     chi_square(draws, probs, f"sample_next_token({shown})", mistakes=sampling_mistakes(logits, history, kwargs))
 
@@ -598,7 +604,7 @@ def test_greedy_at_temperature_zero(impl, device, dtype):
     """temperature=0 returns the argmax after the repetition penalty (which here moves the argmax), no draw."""
     logits = torch.tensor([[2.0, 5.0, 4.0, -1.0], [0.5, -2.0, 1.0, 0.9], [3.0, 2.9, -0.5, 0.0]], device=device).to(dtype)
     history = torch.tensor([[1, 1, 0], [2, 3, 3], [3, 3, 3]], device=device)
-    out = impl.sample_next_token(logits, history, temperature=0.0, repetition_penalty=2.0)
+    out = impl.sample_next_token(logits.clone(), history.clone(), temperature=0.0, repetition_penalty=2.0)
     want = penalty_truth(logits, history, 2.0).argmax(-1)
     assert_shape(out, (3,), what="sample_next_token(..., temperature=0) on a batch of 3")
     assert out.dtype == torch.long, f"sample_next_token should return int64 token ids, got {out.dtype}"

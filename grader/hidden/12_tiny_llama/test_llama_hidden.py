@@ -6,6 +6,9 @@ The learner's TinyLlama loads LlamaForCausalLM's state dict strictly; its float3
 with transformers' float64 logits (the truth) at float32 tolerance, left padding included (at real
 tokens only). Greedy tokens are compared in float64, where an argmax cannot flip on a near-tie.
 
+The learner's model loads a copy of LlamaForCausalLM's weights and gets copies of the inputs; it runs first, and
+expected values come from the originals, computed after the learner's call.
+
 Run: pytest grader/hidden/12_tiny_llama --impl solutions   (or --impl path/to/submission)
 """
 
@@ -89,7 +92,7 @@ def test_swiglu_matches_llama_mlp(impl, device, dtype):
     swiglu = swiglu.to(device=device, dtype=dtype)
     x = (torch.randn(3, 5, 32) * 2).to(device=device, dtype=dtype)
     with torch.no_grad():
-        out = swiglu(x)
+        out = swiglu(x.clone())
         w = {k: v.double() for k, v in mlp.state_dict().items()}
         x64 = x.double()
         gate, up = x64 @ w["gate_proj.weight"].T, x64 @ w["up_proj.weight"].T
@@ -122,9 +125,9 @@ def test_swiglu_parameters(impl):
 def test_state_dict_loads_strictly(impl, name):
     """TinyLlama(config) has exactly LlamaForCausalLM's parameter names and shapes: its state dict loads strictly."""
     config = make_config(**CONFIGS[name])
-    llama = LlamaForCausalLM(config)
     tiny = impl.TinyLlama(config)
     mine = {k: tuple(v.shape) for k, v in tiny.state_dict().items()}
+    llama = LlamaForCausalLM(config)
     theirs = {k: tuple(v.shape) for k, v in llama.state_dict().items()}
     missing, unexpected = sorted(set(theirs) - set(mine)), sorted(set(mine) - set(theirs))
     assert not missing and not unexpected, (
@@ -167,7 +170,7 @@ def test_logits_match_transformers(impl, device, name):
     tiny, llama = llama_pair(impl, device, make_config(**CONFIGS[name]))
     ids = torch.randint(0, VOCAB, (3, 11), device=device)
     with torch.no_grad():
-        out = tiny(ids)
+        out = tiny(ids.clone())
         truth = llama(ids).logits
     assert_close(out, truth, what=f"TinyLlama(config)(input_ids) for {name}", dtype=torch.float32)
 
@@ -178,7 +181,8 @@ def test_one_layer_matches_transformers(impl, device):
     tiny, llama = llama_pair(impl, device, make_config(num_hidden_layers=1, rms_norm_eps=1e-5))
     ids = torch.randint(0, VOCAB, (2, 7), device=device)
     with torch.no_grad():
-        assert_close(tiny(ids), llama(ids).logits, what="the logits of a one-layer TinyLlama", dtype=torch.float32)
+        out = tiny(ids.clone())
+        assert_close(out, llama(ids).logits, what="the logits of a one-layer TinyLlama", dtype=torch.float32)
 
 
 @pytest.mark.points(5)
@@ -190,7 +194,7 @@ def test_left_padding_matches_transformers(impl, device, name):
     mask = left_padding(4, 10, device)
     real = mask.bool()
     with torch.no_grad():
-        out = tiny(ids, mask)
+        out = tiny(ids.clone(), mask.clone())
         truth = llama_padded_logits(llama, ids, mask)
     assert_shape(out, (4, 10, VOCAB), what="TinyLlama(...)(input_ids, padding_mask)")
     assert torch.isfinite(out[real]).all(), (
@@ -224,19 +228,18 @@ def test_forward_with_a_dynamic_cache(impl, device, name, padded):
     ids = torch.randint(0, VOCAB, (3, 9), device=device)
     mask = left_padding(3, 9, device) if padded else torch.ones(3, 9, dtype=torch.long, device=device)
     real = mask.bool()
+    chunks = [(0, 4), (4, 5), (5, 6), (6, 9)]  # 4, 1, 1 and 3 tokens
     with torch.no_grad():
+        cache = DynamicCache()  # every chunk through the learner's model first
+        outs = [tiny(ids[:, start:stop].clone(), mask[:, :stop].clone() if padded else None, cache)  # the cached and the new tokens
+                for start, stop in chunks]
         truth = llama_padded_logits(llama, ids, mask)
-        cache, start = DynamicCache(), 0
-        for size in [4, 1, 1, 3]:
-            chunk_mask = mask[:, :start + size] if padded else None  # the cached and the new tokens
-            out = tiny(ids[:, start:start + size], chunk_mask, cache)
-            where = real[:, start:start + size]
-            assert_close(out[where], truth[:, start:start + size][where], dtype=torch.float32,
-                         what=f"the logits of tokens {start}..{start + size - 1} after {start} cached tokens"
-                              + (" (left padding)" if padded else ""),
-                         mistakes={"the new tokens' positions are wrong: they continue after the cached tokens, counting "
-                                   "real tokens only when there is a padding mask": lambda got, s=start: s > 0})
-            start += size
+    for (start, stop), out in zip(chunks, outs):
+        where = real[:, start:stop]
+        assert_close(out[where], truth[:, start:stop][where], dtype=torch.float32,
+                     what=f"the logits of tokens {start}..{stop - 1} after {start} cached tokens" + (" (left padding)" if padded else ""),
+                     mistakes={"the new tokens' positions are wrong: they continue after the cached tokens, counting "
+                               "real tokens only when there is a padding mask": lambda got, s=start: s > 0})
     assert cache.get_seq_length() == 9, f"after 9 tokens the DynamicCache holds {cache.get_seq_length()}: call cache.update in every layer"
 
 
@@ -251,7 +254,7 @@ def test_generate_matches_transformers(impl, device, name):
     tiny, llama = llama_pair(impl, device, make_config(**CONFIGS[name]))
     tiny = tiny.double()
     prompt = torch.randint(0, VOCAB, (3, 5), device=device)
-    got = tiny.generate(prompt, 8)
+    got = tiny.generate(prompt.clone(), 8)
     want = llama_greedy(llama, prompt, 8)
     assert_shape(got, tuple(want.shape), what="generate(prompt of shape (3, 5), 8): the prompt followed by exactly 8 tokens")
     assert torch.equal(got[:, :5], prompt), "generate should return the prompt followed by the new tokens"
@@ -265,7 +268,7 @@ def test_generate_with_left_padding_matches_transformers(impl, device):
     tiny = tiny.double()
     prompt = torch.randint(0, VOCAB, (3, 7), device=device)
     mask = left_padding(3, 7, device)
-    got = tiny.generate(prompt, 8, mask)
+    got = tiny.generate(prompt.clone(), 8, mask.clone())
     want = llama_greedy(llama, prompt, 8, mask)
     assert_shape(got, tuple(want.shape), what="generate(left-padded prompt of shape (3, 7), 8, padding_mask)")
     assert torch.equal(got, want), (
@@ -283,7 +286,7 @@ def test_generate_equals_its_own_decoding_without_a_cache(impl, device, padded):
     tiny = tiny.double()
     prompt = torch.randint(0, VOCAB, (3, 6), device=device)
     mask = left_padding(3, 6, device) if padded else None
-    got = tiny.generate(prompt, 10, mask)
+    got = tiny.generate(prompt.clone(), 10, None if mask is None else mask.clone())
     tokens = prompt
     with torch.no_grad():
         for _ in range(10):
@@ -319,7 +322,7 @@ def test_generate_one_token(impl, device):
     tiny, llama = llama_pair(impl, device, make_config(**CONFIGS["mha_tied_theta5e5"]))
     tiny = tiny.double()
     prompt = torch.randint(0, VOCAB, (4, 6), device=device)
-    got = tiny.generate(prompt, 1)
+    got = tiny.generate(prompt.clone(), 1)
     with torch.no_grad():
         want = llama(prompt).logits[:, -1].argmax(-1)
     assert_shape(got, (4, 7), what="generate(prompt of shape (4, 6), 1)")

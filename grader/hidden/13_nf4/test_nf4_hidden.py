@@ -4,6 +4,9 @@ bitsandbytes' 4-bit functions run on CPU (`quantize_4bit`, `dequantize_4bit`, `g
 `nn.Linear4bit` under peft's LoRA). The oracle always runs on CPU, on the flattened tensor (its CPU
 dequantization of 2-D shapes whose rows split blocks is wrong); the learner's code runs on `device`.
 
+The learner's functions get copies of the inputs: expected values come from the originals, computed after the
+learner's call (where the learner's input is bitsandbytes' own output, that output is built first).
+
 Run: pytest grader/hidden/13_nf4 --impl solutions   (or --impl path/to/submission)
 """
 
@@ -19,11 +22,15 @@ from grader.harness.checks import assert_close, assert_raises, assert_shape, tol
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 BLOCKSIZES = [64, 128]
 TIE = 1e-6  # contract: within 1e-6 of a midpoint between two levels, either neighbour is accepted
-BNB_CODE = F.get_4bit_type("nf4", device="cpu").double()  # (16,)
 
 
 # ---------------------------------------------------------------------------------------------------
 # Helpers
+
+
+def bnb_code():
+    """bitsandbytes' 16 NF4 levels in float64, (16,): asked for after the learner's call, never held at import."""
+    return F.get_4bit_type("nf4", device="cpu").double()
 
 
 def bnb_quantize(w, blocksize):
@@ -47,18 +54,20 @@ def scaled_values(w, absmax, blocksize):
 
 def near_tie(scaled, index_a, index_b):
     """True where indices differ by one level and the value lies within TIE of the midpoint between them."""
+    code = bnb_code()
     low, high = torch.minimum(index_a, index_b), torch.maximum(index_a, index_b)
-    midpoint = (BNB_CODE[low] + BNB_CODE[high.clamp(max=15)]) / 2
+    midpoint = (code[low] + code[high.clamp(max=15)]) / 2
     return (high - low == 1) & ((scaled - midpoint).abs() <= TIE)
 
 
 def index_mistakes(w, absmax, blocksize):
     """Indices the usual quantization mistakes give, to name them when the learner's match one."""
+    code = bnb_code()
     scaled = scaled_values(w, absmax, blocksize)
     whole = scaled_values(w, w.detach().abs().max().reshape(1).expand(absmax.numel()).float(), blocksize)
-    nearest = (scaled.unsqueeze(1) - BNB_CODE).abs().argmin(dim=1)
-    below = (BNB_CODE.unsqueeze(0) <= scaled.unsqueeze(1) + 1e-12).sum(1).sub(1).clamp(0, 15)
-    toward_zero = torch.where(scaled >= 0, below, (BNB_CODE.unsqueeze(0) >= scaled.unsqueeze(1) - 1e-12).int().argmax(1))
+    nearest = (scaled.unsqueeze(1) - code).abs().argmin(dim=1)
+    below = (code.unsqueeze(0) <= scaled.unsqueeze(1) + 1e-12).sum(1).sub(1).clamp(0, 15)
+    toward_zero = torch.where(scaled >= 0, below, (code.unsqueeze(0) >= scaled.unsqueeze(1) - 1e-12).int().argmax(1))
     return [
         ("the nibbles are swapped: the first element of each pair goes in the HIGH nibble, (i0 << 4) | i1",
          nearest.reshape(-1, 2).flip(1).reshape(-1)),
@@ -67,7 +76,7 @@ def index_mistakes(w, absmax, blocksize):
         ("you took the level below (or toward zero) instead of the nearest one",
          toward_zero),
         ("you used one absmax for the whole tensor; NF4 has one per block of blocksize values",
-         (whole.unsqueeze(1) - BNB_CODE).abs().argmin(dim=1)),
+         (whole.unsqueeze(1) - code).abs().argmin(dim=1)),
     ]
 
 
@@ -96,7 +105,7 @@ def assert_indices_equal(packed, expected_packed, scaled, what, mistakes=()):
 def truth_dequantize(packed, absmax, shape, blocksize):
     """float64 NF4_CODE[index] * absmax, from bitsandbytes' table."""
     index = unpack(packed)[: math.prod(shape)]
-    return (BNB_CODE[index].reshape(-1, blocksize) * absmax.double().cpu().reshape(-1, 1)).reshape(shape)
+    return (bnb_code()[index].reshape(-1, blocksize) * absmax.double().cpu().reshape(-1, 1)).reshape(shape)
 
 
 def weights(shape, dtype, device, scale=0.05):
@@ -115,7 +124,7 @@ def test_code_matches_bitsandbytes(impl):
     assert isinstance(code, torch.Tensor), f"NF4_CODE should be a tensor defined at module level, got {type(code).__name__}"
     assert code.dtype == torch.float32, f"NF4_CODE should be float32, got {code.dtype}"
     uniform = torch.linspace(-1, 1, 16, dtype=torch.float64)
-    assert_close(code.cpu(), BNB_CODE, what="NF4_CODE", dtype=torch.float32,
+    assert_close(code.cpu(), bnb_code(), what="NF4_CODE", dtype=torch.float32,
                  mistakes={"these are 16 uniform levels; NF4's levels are quantiles of a normal distribution": uniform})
     assert float(code[7]) == 0.0 and float(code[0]) == -1.0 and float(code[15]) == 1.0, (
         f"NF4_CODE should hold -1.0, 0.0 and 1.0 exactly (indices 0, 7, 15), got {code[0]}, {code[7]}, {code[15]}"
@@ -132,7 +141,7 @@ def test_code_matches_bitsandbytes(impl):
 def test_quantize_matches_bitsandbytes(impl, device, dtype, blocksize):
     """quantize_nf4(w, blocksize) gives bitsandbytes' packed bytes (nibble order included) and absmax, for fp32/fp16/bf16 w."""
     w = weights((48, 256), dtype, device) * torch.logspace(-1, 1, 48, device=device).unsqueeze(1).to(dtype)
-    packed, absmax = impl.quantize_nf4(w, blocksize)
+    packed, absmax = impl.quantize_nf4(w.clone(), blocksize)
     expected_packed, expected_absmax = bnb_quantize(w, blocksize)
     assert isinstance(absmax, torch.Tensor) and absmax.dtype == torch.float32, (
         f"absmax should be a float32 tensor, got {getattr(absmax, 'dtype', type(absmax))}"
@@ -148,7 +157,7 @@ def test_quantize_one_block_per_scale(impl, device):
     """Blocks are consecutive runs of the flattened tensor: a block of huge values changes only its own indices."""
     w = weights((8, 64), torch.float32, device)
     w[3] *= 1000  # block 3 (blocksize 64) of the flattened tensor
-    packed, absmax = impl.quantize_nf4(w, 64)
+    packed, absmax = impl.quantize_nf4(w.clone(), 64)
     expected_packed, expected_absmax = bnb_quantize(w, 64)
     assert_close(absmax, expected_absmax, what="absmax when one block is 1000 times larger than the others")
     assert_indices_equal(packed, expected_packed, scaled_values(w, expected_absmax, 64), what="the packed indices",
@@ -161,11 +170,12 @@ def test_quantize_one_block_per_scale(impl, device):
 def test_dequantize_matches_bitsandbytes(impl, device, dtype, blocksize):
     """dequantize_nf4(packed, absmax, shape, blocksize, dtype) equals bitsandbytes' dequantize_4bit, in dtype and shape."""
     w = weights((32, 128), dtype, "cpu")
+    # order: the learner's input is bitsandbytes' own bytes and scales
     packed, state = F.quantize_4bit(w.reshape(-1).clone(), blocksize=blocksize, quant_type="nf4")
+    out = impl.dequantize_nf4(packed.reshape(-1).clone().to(device), state.absmax.clone().to(device), (32, 128), blocksize, dtype)
     expected = F.dequantize_4bit(packed, state).reshape(32, 128)
-    out = impl.dequantize_nf4(packed.reshape(-1).to(device), state.absmax.to(device), (32, 128), blocksize, dtype)
     truth = truth_dequantize(packed, state.absmax, (32, 128), blocksize)
-    low_first = (BNB_CODE[unpack(packed).reshape(-1, 2).flip(1).reshape(-1)].reshape(-1, blocksize) * state.absmax.double().reshape(-1, 1)).reshape(32, 128)
+    low_first = (bnb_code()[unpack(packed).reshape(-1, 2).flip(1).reshape(-1)].reshape(-1, blocksize) * state.absmax.double().reshape(-1, 1)).reshape(32, 128)
     mistakes = {"you unpacked the low nibble first; the first element is in the high nibble (byte >> 4)": low_first}
     assert_close(out, expected, what=f"dequantize_nf4 to {dtype} with blocksize {blocksize}", mistakes=mistakes)
     assert_close(out, truth, what=f"dequantize_nf4 to {dtype} against the float64 NF4_CODE[index] * absmax", dtype=dtype, mistakes=mistakes)
@@ -178,12 +188,13 @@ def test_round_trip_is_the_nearest_level(impl, device, dtype, blocksize):
     """dequantize(quantize(w)) is, for every value, the nearest of its block's 16 levels absmax * NF4_CODE."""
     w = weights((16, 256), dtype, device)
     shape = tuple(w.shape)
-    packed, absmax = impl.quantize_nf4(w, blocksize)
+    packed, absmax = impl.quantize_nf4(w.clone(), blocksize)
     restored = impl.dequantize_nf4(packed, absmax, shape, blocksize, torch.float32)
     assert_shape(restored, shape, what="dequantize_nf4(*quantize_nf4(w), w.shape)")
     _, expected_absmax = bnb_quantize(w, blocksize)
     scaled = scaled_values(w, expected_absmax, blocksize)
-    distance = (scaled.unsqueeze(1) - BNB_CODE).abs()  # (numel, 16)
+    code = bnb_code()
+    distance = (scaled.unsqueeze(1) - code).abs()  # (numel, 16)
     best = distance.min(dim=1).values
     got = restored.detach().cpu().double().reshape(-1, blocksize) / expected_absmax.double().reshape(-1, 1)
     error = (got.reshape(-1) - scaled).abs()
@@ -191,7 +202,7 @@ def test_round_trip_is_the_nearest_level(impl, device, dtype, blocksize):
     assert not bool(worse.any()), (
         f"{int(worse.sum())} of {worse.numel()} round-tripped values are not the nearest NF4 level: e.g. value / absmax "
         f"{float(scaled[worse][0]):.5f} came back as {float(got.reshape(-1)[worse][0]):.5f}, the nearest level is "
-        f"{float(BNB_CODE[distance[worse][0].argmin()]):.5f}. Round to the NEAREST level (compare with the midpoints), not down or toward zero."
+        f"{float(code[distance[worse][0].argmin()]):.5f}. Round to the NEAREST level (compare with the midpoints), not down or toward zero."
     )
 
 
@@ -222,7 +233,7 @@ def test_numel_not_divisible_raises(impl, numel, blocksize):
 def test_nf4_beats_int4_on_normal_weights(impl, device):
     """On normally distributed weights NF4's round-trip error is below that of uniform 4-bit levels with the same blocks."""
     w = weights((64, 256), torch.float32, device, scale=1.0)
-    packed, absmax = impl.quantize_nf4(w, 64)
+    packed, absmax = impl.quantize_nf4(w.clone(), 64)
     restored = impl.dequantize_nf4(packed, absmax, tuple(w.shape), 64)
     blocks = w.cpu().double().reshape(-1, 64)
     a = blocks.abs().amax(1, keepdim=True)
@@ -239,16 +250,21 @@ def test_nf4_beats_int4_on_normal_weights(impl, device):
 # Double quantization and storage cost
 
 
-def nested_state(n_blocks):
-    """bitsandbytes' compress_statistics=True state for a weight with n_blocks blocks of 64: (absmax, offset, nested absmax)."""
+def block_scales(n_blocks):
+    """A weight with n_blocks blocks of 64 of growing size, and bitsandbytes' float32 absmax of its blocks (n_blocks,)."""
     w = torch.randn(n_blocks * 64) * torch.linspace(0.01, 0.1, n_blocks).repeat_interleave(64)
     _, plain = F.quantize_4bit(w.clone(), blocksize=64, quant_type="nf4")
+    return w, plain.absmax
+
+
+def nested_state(w):
+    """bitsandbytes' compress_statistics=True state of w (blocks of 64): (offset, nested absmax)."""
     _, nested = F.quantize_4bit(w.clone(), blocksize=64, quant_type="nf4", compress_statistics=True)
-    return plain.absmax, float(nested.offset), nested.state2.absmax
+    return float(nested.offset), nested.state2.absmax
 
 
 def assert_double_round_trip(impl, absmax, blocksize, what):
-    q, scales, offset = impl.double_quantize(absmax, blocksize)
+    q, scales, offset = impl.double_quantize(absmax.clone(), blocksize)
     assert isinstance(q, torch.Tensor) and q.dtype == torch.uint8, f"q of {what} should be a uint8 tensor, got {getattr(q, 'dtype', type(q))}"
     assert q.numel() == absmax.numel(), f"q of {what} should hold one 8-bit code per scale ({absmax.numel()}), got {q.numel()}"
     n_blocks = -(-absmax.numel() // blocksize)
@@ -271,8 +287,9 @@ def assert_double_round_trip(impl, absmax, blocksize, what):
 @pytest.mark.parametrize("n_blocks", [256, 600])
 def test_double_quantize_matches_bitsandbytes_state(impl, device, n_blocks):
     """double_quantize(absmax, 256) has bitsandbytes' compress_statistics offset and nested absmax, and round-trips within scale / 127."""
-    absmax, expected_offset, expected_scales = nested_state(n_blocks)
+    w, absmax = block_scales(n_blocks)  # order: the input is bitsandbytes' absmax of w
     _, scales, offset = assert_double_round_trip(impl, absmax.to(device), 256, f"{n_blocks} block scales")
+    expected_offset, expected_scales = nested_state(w)
     offset = float(offset)
     assert math.isclose(offset, expected_offset, rel_tol=tolerance_for(torch.float32).rtol), (
         f"offset = {offset:.6g}, but bitsandbytes' is the mean of the scales, {expected_offset:.6g}"
@@ -348,8 +365,8 @@ def qlora_truth(x, base, lora_A, lora_B, scaling, blocksize):
     if base.bias is not None:
         out = out + base.bias.detach().cpu().double()
     # A learner's index may differ from bitsandbytes' at a near-tie: one level gap times absmax per weight.
-    scaled = scaled_values(base.weight, absmax, blocksize)
-    tie = (scaled.unsqueeze(1) - (BNB_CODE[:-1] + BNB_CODE[1:]) / 2).abs().min(dim=1).values <= TIE
+    scaled, code = scaled_values(base.weight, absmax, blocksize), bnb_code()
+    tie = (scaled.unsqueeze(1) - (code[:-1] + code[1:]) / 2).abs().min(dim=1).values <= TIE
     gap = 0.3 * absmax.double().repeat_interleave(blocksize)  # the largest gap between levels is 0.277
     slack = x64.abs() @ (tie.double() * gap).reshape(shape).T
     return out, slack
@@ -410,10 +427,11 @@ def test_qlora_output_equals_the_formula(impl, device, dtype):
     )
     with torch.no_grad():
         layer.lora_B.copy_(torch.randn(96, 4) * 0.1)
+    A, B = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()  # the adapter, before forward can touch it
     x = torch.randn(3, 5, 128).to(device=device, dtype=dtype)
     with torch.no_grad():
-        out = layer(x)
-    truth, slack = qlora_truth(x, reference_base, layer.lora_A, layer.lora_B, 16.0 / 4, 64)
+        out = layer(x.clone())
+    truth, slack = qlora_truth(x, reference_base, A, B, 16.0 / 4, 64)
     assert_qlora_close(out, truth, slack, dtype, f"QLoRALinear(x) for {dtype} x (r=4, alpha=16)")
 
 
@@ -424,6 +442,15 @@ def test_qlora_matches_peft_over_bitsandbytes_linear4bit(impl):
     from peft import LoraConfig, get_peft_model
 
     base = base_linear(128, 64, True, torch.float32, "cpu")
+    reference_base = base_linear(128, 64, True, torch.float32, "cpu")
+    reference_base.load_state_dict(base.state_dict())  # a copy: the learner's code may change `base`
+    layer = impl.QLoRALinear(base, r=8, alpha=32.0)
+    with torch.no_grad():
+        layer.lora_B.copy_(torch.randn(64, 8) * 0.1)
+    A, B = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()  # the adapter, before forward can touch it
+    x = torch.randn(4, 7, 128)
+    with torch.no_grad():
+        out = layer(x.clone())
 
     class Net(torch.nn.Module):
         def __init__(self):
@@ -432,25 +459,18 @@ def test_qlora_matches_peft_over_bitsandbytes_linear4bit(impl):
 
     net = Net()
     net.proj.weight = bnb.nn.Params4bit(
-        base.weight.detach().clone(), requires_grad=False, quant_type="nf4", blocksize=64, compress_statistics=False
+        reference_base.weight.detach().clone(), requires_grad=False, quant_type="nf4", blocksize=64, compress_statistics=False
     )  # QLoRALinear keeps its block scales in float32: no double quantization here
-    net.proj.bias = torch.nn.Parameter(base.bias.detach().clone(), requires_grad=False)
+    net.proj.bias = torch.nn.Parameter(reference_base.bias.detach().clone(), requires_grad=False)
     net = net.to("cpu")  # quantizes the weight
     peft_model = get_peft_model(net, LoraConfig(r=8, lora_alpha=32, target_modules=["proj"], lora_dropout=0.0))
     peft_model.train()  # in eval mode bitsandbytes repacks the CPU weight for its own kernel, less precisely
     proj = peft_model.base_model.model.proj
-
-    reference_base = base_linear(128, 64, True, torch.float32, "cpu")
-    reference_base.load_state_dict(base.state_dict())  # a copy: the learner's code may change `base`
-    layer = impl.QLoRALinear(base, r=8, alpha=32.0)
     with torch.no_grad():
-        layer.lora_B.copy_(torch.randn(64, 8) * 0.1)
-        proj.lora_A["default"].weight.copy_(layer.lora_A)
-        proj.lora_B["default"].weight.copy_(layer.lora_B)
-        x = torch.randn(4, 7, 128)
+        proj.lora_A["default"].weight.copy_(A)
+        proj.lora_B["default"].weight.copy_(B)
         expected = proj(x).double()
-        out = layer(x)
-    _, slack = qlora_truth(x, reference_base, layer.lora_A, layer.lora_B, 4.0, 64)
+    _, slack = qlora_truth(x, reference_base, A, B, 4.0, 64)
     assert_qlora_close(out, expected, slack, torch.float32, "QLoRALinear(x) against peft's LoRA over Linear4bit")
 
 
@@ -474,10 +494,12 @@ def test_qlora_initialisation_and_trainable_parameters(impl, device):
     assert len(trainable) == 2 and all("lora_A" in n or "lora_B" in n for n in trainable), (
         f"only lora_A and lora_B should be trainable, got {trainable}: freeze the bias (requires_grad=False)"
     )
+    A, B = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()  # the adapter, before forward can touch it
     x = torch.randn(6, 256, device=device)
-    truth, slack = qlora_truth(x, reference_base, layer.lora_A, layer.lora_B, 2.0, 64)
     with torch.no_grad():
-        assert_qlora_close(layer(x), truth, slack, torch.float32, "QLoRALinear(x) right after construction")
+        out = layer(x.clone())
+    truth, slack = qlora_truth(x, reference_base, A, B, 2.0, 64)
+    assert_qlora_close(out, truth, slack, torch.float32, "QLoRALinear(x) right after construction")
 
 
 @pytest.mark.points(2)
@@ -489,11 +511,12 @@ def test_qlora_gradients_reach_only_the_adapter(impl, device):
     layer = impl.QLoRALinear(base, r=4, alpha=8.0)
     with torch.no_grad():
         layer.lora_B.copy_(torch.randn(64, 4) * 0.1)
+    A0, B0 = layer.lora_A.detach().clone(), layer.lora_B.detach().clone()  # the adapter, before forward can touch it
     x = torch.randn(5, 128, device=device)
     grad_out = torch.randn(5, 64, device=device)
-    layer(x).backward(grad_out)
-    A = layer.lora_A.detach().cpu().double().requires_grad_()
-    B = layer.lora_B.detach().cpu().double().requires_grad_()
+    layer(x.clone()).backward(grad_out.clone())
+    A = A0.cpu().double().requires_grad_()
+    B = B0.cpu().double().requires_grad_()
     (x.cpu().double() @ A.T @ B.T * 2.0).backward(grad_out.cpu().double())
     assert layer.lora_A.grad is not None and layer.lora_B.grad is not None, "lora_A and lora_B got no gradient"
     assert_close(layer.lora_A.grad, A.grad, what="the gradient of lora_A", dtype=torch.float32)

@@ -1,6 +1,9 @@
 """Hidden suite of module 14 (mixed precision): torch.amp.GradScaler is the oracle of the loss scaler, an
 all-float32 run the truth of the master weights, the ZeRO paper the truth of the byte counts.
 
+The learner's scaler and optimizer run first, on models of their own: GradScaler's run and the float32 run,
+which give the expected values, follow on twins that the learner's code never touched.
+
 Run: pytest grader/hidden/14_mixed_precision --impl solutions   (or --impl path/to/submission)
 """
 
@@ -56,15 +59,18 @@ def run_both(impl, device, steps, init_scale, growth_factor, backoff_factor, gro
     mine, theirs = tiny_model(device), tiny_model(device)
     opt_mine = torch.optim.SGD(mine.parameters(), lr=1e-3)
     opt_theirs = torch.optim.SGD(theirs.parameters(), lr=1e-3)
-    scaler = impl.DynamicLossScaler(**kwargs)
-    reference = torch.amp.GradScaler(device.type, **kwargs)
     x = torch.randn(4, 6, device=device)
+    scaler = impl.DynamicLossScaler(**kwargs)
+    mine_scales = []
+    for overflow in steps:  # the learner's whole run first, then GradScaler's
+        one_step(scaler, mine, opt_mine, x.clone(), overflow)
+        mine_scales.append(float(scaler.get_scale()))
+    reference = torch.amp.GradScaler(device.type, **kwargs)
     history = []
-    for i, overflow in enumerate(steps):
-        one_step(scaler, mine, opt_mine, x, overflow)
+    for i, (overflow, got) in enumerate(zip(steps, mine_scales)):
         one_step(reference, theirs, opt_theirs, x, overflow)
         history.append("overflow" if overflow else "finite")
-        got, expected = scaler.get_scale(), reference.get_scale()
+        expected = reference.get_scale()
         if not math.isclose(float(got), expected, rel_tol=SCALE_RTOL):
             mistake = ""
             before = history[:-1]
@@ -116,15 +122,23 @@ def test_scale_trajectory_on_device(impl, device):
 def test_growth_beyond_float32_is_skipped(impl):
     """A growth that would overflow float32 is skipped (the scale stays), as GradScaler does; the counter restarts."""
     kwargs = dict(init_scale=2.0**120, growth_factor=2.0**4, backoff_factor=0.5, growth_interval=1)
-    scaler, reference = impl.DynamicLossScaler(**kwargs), torch.amp.GradScaler("cpu", **kwargs)
-    for i, finite in enumerate([True, True, True, False, True, True, True]):
-        for s in (scaler, reference):  # small finite gradients (as if already scaled), or an inf
+    schedule = [True, True, True, False, True, True, True]
+
+    def run(s):
+        """The scale after each step of the schedule: small finite gradients (as if already scaled), or an inf."""
+        scales = []
+        for finite in schedule:
             param = torch.nn.Parameter(torch.zeros(2))
             s.scale(param.sum())  # GradScaler sets itself up on its first scale()
             param.grad = torch.ones(2) if finite else torch.full((2,), float("inf"))
             s.step(torch.optim.SGD([param], lr=0.0))
             s.update()
-        got, expected = float(scaler.get_scale()), reference.get_scale()
+            scales.append(float(s.get_scale()))
+        return scales
+
+    mine = run(impl.DynamicLossScaler(**kwargs))  # the learner's run first, then GradScaler's
+    theirs = run(torch.amp.GradScaler("cpu", **kwargs))
+    for i, (got, expected) in enumerate(zip(mine, theirs)):
         assert math.isclose(got, expected, rel_tol=SCALE_RTOL), (
             f"after step {i + 1} from a scale of 2**120 (growth 2**4 at every finite step): the scale is {got:.6g} "
             f"(2**{math.log2(got) if got > 0 else float('nan'):.4g}), GradScaler's is {expected:.6g}. A growth whose result exceeds "
@@ -298,9 +312,9 @@ def test_master_weights_track_a_float32_run(impl, device, dtype):
     pure = copy.deepcopy(low)
     mixed = copy.deepcopy(low)
     data = [(torch.randn(16, 32, device=device), torch.randn(16, 8, device=device)) for _ in range(steps)]
+    train(mixed, impl.MasterWeightOptimizer(mixed, lr=lr), data, dtype)  # the learner's run first
     train(full, torch.optim.AdamW(full.parameters(), lr=lr), data, torch.float32)
     train(pure, torch.optim.AdamW(pure.parameters(), lr=lr), data, dtype)
-    train(mixed, impl.MasterWeightOptimizer(mixed, lr=lr), data, dtype)
     for p in mixed.parameters():
         assert p.dtype == dtype, f"the model's parameters should stay {dtype}, found {p.dtype}: copy the masters back into them"
     errors, pure_errors, excess = [], [], 0.0
