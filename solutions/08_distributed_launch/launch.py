@@ -57,9 +57,7 @@ def _worker(fn: Callable, args: tuple, rank: int, world_size: int, port: int, ba
         if backend == "nccl":
             torch.cuda.set_device(local_rank)  # one GPU per process, chosen by the local rank
         dist.init_process_group(backend)  # init_method "env://": reads the variables above, meets the others
-        value = fn(*args)
-        dist.barrier()  # nobody tears down while another rank still talks to it (even while connecting)
-        message = (True, value)
+        message = (True, fn(*args))
     except BaseException as error:  # anything, even SystemExit: the parent raises it
         message = (False, f"{type(error).__name__}: {error}\n{traceback.format_exc()}")
     try:
@@ -68,10 +66,16 @@ def _worker(fn: Callable, args: tuple, rank: int, world_size: int, port: int, ba
         payload = pickle.dumps(message)
     except Exception as error:
         payload = pickle.dumps((False, f"the return value could not be pickled: {error!r}"))
-    conn.send_bytes(payload)  # first the report: an error must get out even if the teardown below hangs
+    conn.send_bytes(payload)  # first the report: it must get out even if the teardown below fails or hangs
     conn.close()
     if dist.is_initialized():
-        dist.destroy_process_group()  # close the connections to the other ranks and the store
+        # Leave together. A rank that exits while another still holds a connection to it can kill that one:
+        # gloo's connection thread throws "Connection closed by peer", which aborts the process (SIGABRT).
+        # So nobody tears down before every rank has sent its report and reached this barrier.
+        try:
+            dist.barrier()
+        finally:
+            dist.destroy_process_group()  # close the connections to the other ranks and the store
     ### END SOLUTION
 
 

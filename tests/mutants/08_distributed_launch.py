@@ -41,7 +41,7 @@ MUTANTS = [
     Mutant("completion_order", "returns the results in the order the workers finish, not in rank order",
            [(RETURN_IN_ORDER, "                returned[len(returned)] = value\n")]),
     Mutant("never_destroyed", "never destroys the process group",
-           [("    if dist.is_initialized():\n        dist.destroy_process_group()", "    pass")]),
+           [("        finally:\n            dist.destroy_process_group()", "        finally:\n            pass")]),
     Mutant("shards_overlap", "gives each rank one row too many, so neighbouring shards overlap",
            [("    return batch[start : start + per_rank]", "    return batch[start : start + per_rank + 1]")]),
     Mutant("last_rows_dropped", "drops the last rows when the batch does not split evenly instead of raising",

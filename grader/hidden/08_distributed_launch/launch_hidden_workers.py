@@ -230,14 +230,16 @@ def _forked_rank(fn, args, rank, world_size, port, write_fd):
                            "WORLD_SIZE": str(world_size), "LOCAL_WORLD_SIZE": str(world_size)})
         dist.init_process_group("gloo")  # a real TCPStore rendezvous (env://) and real gloo collectives
         message = (True, fn(*args))
-        dist.barrier()
     except BaseException as error:  # noqa: BLE001 - the learner's code, reported to the test
         message = (False, f"{type(error).__name__}: {error}\n{traceback.format_exc()[-1500:]}")
     try:
         payload = pickle.dumps(message)
-        with os.fdopen(write_fd, "wb") as pipe:
+        with os.fdopen(write_fd, "wb") as pipe:  # the result first: out before any rank may leave
             pipe.write(payload)
         if dist.is_initialized():
+            # A rank that exits while another still holds a connection to it can abort that one (gloo's
+            # connection thread throws "Connection closed by peer": SIGABRT). Leave together, results out.
+            dist.barrier()
             dist.destroy_process_group()
     finally:
         os._exit(0)  # skip the interpreter's teardown (and pytest's, inherited by the fork)
