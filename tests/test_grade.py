@@ -266,7 +266,7 @@ def test_exit_memory_and_processes_are_contained(graded):
     hog = _record(graded["out"], "hog")
     assert hog.total == 0 and "MemoryError" in hog.tests[0].message
     spawner = _record(graded["out"], "spawner")
-    assert spawner.total == full()  # its leftovers are killed after each test; the honest work counts
+    assert spawner.total == full()  # its import's leftovers are killed before the tests; the honest work counts
     assert not _processes_of_sandbox_uids(graded["out"]), "processes of the sandbox's uids survived"
 
 

@@ -107,7 +107,7 @@ def others_are_idle(bad_rank, flag_dir):
     Path(flag_dir, "failed_at").write_text(repr(time.time()))  # the test measures launch's reaction from here
 
 
-def fail_on_rank(bad_rank, message, flag_dir, others_sleep=60.0):
+def fail_on_rank(bad_rank, message, flag_dir, others_sleep=20.0):
     """Rank `bad_rank` raises ValueError(message); the others sleep (launch must not wait for them), then return."""
     others_are_idle(bad_rank, flag_dir)
     if dist.get_rank() == bad_rank:
@@ -116,7 +116,7 @@ def fail_on_rank(bad_rank, message, flag_dir, others_sleep=60.0):
     return dist.get_rank()
 
 
-def die_on_rank(bad_rank, flag_dir, others_sleep=60.0):
+def die_on_rank(bad_rank, flag_dir, others_sleep=20.0):
     """Rank `bad_rank` exits at once with code 7, without an exception (as if killed); the others sleep."""
     others_are_idle(bad_rank, flag_dir)
     if dist.get_rank() == bad_rank:
