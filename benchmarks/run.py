@@ -297,7 +297,7 @@ TITLES = {
     "latency": "1. Learner feedback: public tests against the reference, over `import torch`",
     "grading": "2. Hidden grading: one full submission, over `import torch`",
     "throughput": "3. Throughput: a class of generated submissions",
-    "suite": "4. The project's own suite (`pytest`, what CI runs)",
+    "suite": "4. The project's own suite (`pytest -n auto`, what CI runs)",
     "kernels": "5. Reference code against the libraries (forward + backward, CPU)",
     "kv cache": "5b. Greedy generation with and without the KV cache",
     "flash memory": "5c. FlashAttention's tiling: peak memory of one forward, naive against tiled (CPU, a fresh process each)",
