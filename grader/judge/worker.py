@@ -42,6 +42,7 @@ import traceback
 from pathlib import Path
 
 from grader.judge.integrity import WALKED_EXIT
+from grader.judge.sandbox import _processes_of
 
 MAX_TEXT = 600  # characters of any text from a submission that travel back (no bulk data in feedback)
 MAX_LINE = 64 * 1024  # bytes a child may send back
@@ -66,16 +67,6 @@ _THREADS = threading.active_count  # Python threads of this process
 def _vm_size() -> int:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[0]) * os.sysconf("SC_PAGE_SIZE")
-
-
-def _processes_of(uid: int) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            with contextlib.suppress(OSError):
-                if os.stat(f"/proc/{entry}").st_uid == uid:
-                    found.append(int(entry))
-    return found
 
 
 def _group_members(pgid: int) -> list[int]:
