@@ -102,7 +102,7 @@ def _grade(args: argparse.Namespace) -> int:
         print("no module has a hidden suite (grader/hidden/NN_name/) to grade with", file=sys.stderr)
         return 2
     out = Path(args.out)
-    options = Options(out=out, modules=modules, jobs=args.jobs, timeout=args.timeout, memory_mb=args.memory,
+    options = Options(out=out, modules=modules, jobs=args.jobs, lanes=args.lanes, timeout=args.timeout, memory_mb=args.memory,
                       force=args.force, seed=class_seed(out, args.seed), scheduler=args.scheduler or "")
     records = grade_class(Path(args.path), options, progress=not args.quiet)
     print(summary_table(records, modules))
@@ -172,6 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
         grade.add_argument("--out", required=True, help="folder for gradebook.csv, grades.json and one folder per learner")
         grade.add_argument("--modules", default="", help="comma-separated modules to grade (default: every module with a hidden suite)")
         grade.add_argument("--jobs", type=int, default=1, help="submissions graded in parallel (default 1)")
+        grade.add_argument("--lanes", type=int, default=0,
+                           help="modules of one submission graded in parallel, each under its own uid (default: the cores divided by --jobs)")
         grade.add_argument("--timeout", type=float, default=10.0, help="seconds each test may take (default 10)")
         grade.add_argument("--memory", type=int, default=2048, help="MB of memory each test may allocate (default 2048)")
         grade.add_argument("--force", action="store_true", help="grade again learners already graded in --out")

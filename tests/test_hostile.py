@@ -121,7 +121,8 @@ def test_run_time_tampering_shows_in_the_review_column(graded):
 
 
 def test_no_process_is_left_and_nothing_is_written_outside(graded):
-    uids = {int(u) for r in graded["records"].values() for u in re.findall(r"\(uid (\d+)\)", r.isolation)}
+    uids = {int(u) for r in graded["records"].values() for found in re.findall(r"\(uids? ([\d, ]+)\)", r.isolation)
+            for u in found.split(", ")}
     assert not _processes_of(uids), "processes of the run's private uids survived"
     assert not any(p.name != "rmsnorm.py" for p in graded["klass"].rglob("*") if p.is_file())
 
@@ -165,6 +166,77 @@ def test_private_uids_are_leased_machine_wide():
     with private_uid() as first, private_uid() as second:
         assert first != second
         assert UID_BASE <= first < UID_BASE + UID_COUNT and UID_BASE <= second < UID_BASE + UID_COUNT
+
+
+# --------------------------------------------------------------------------------------------------
+# Lanes: modules of one submission graded at once, each lane under its own uid
+
+LANE_MODULES = ("01_rmsnorm", "02_rope")
+# At import, a child that kills every process it may signal, again and again for 20 s (kill(-1) spares the
+# caller): its own module process and runners, and, were the lanes to share a uid, the other lane's
+KILLER = """
+import os as _os, signal as _signal, time as _time
+if _os.fork() == 0:
+    _end = _time.monotonic() + 20
+    while _time.monotonic() < _end:
+        try:
+            _os.kill(-1, _signal.SIGKILL)
+        except OSError:
+            pass
+        _time.sleep(0.005)
+    _os._exit(0)
+"""
+
+
+def _lane_class(base: Path, learners: dict[str, dict[str, str]]) -> Path:
+    for learner, files in learners.items():
+        for module_name, source in files.items():
+            module = get_module(module_name)
+            (base / learner / module.name).mkdir(parents=True)
+            (base / learner / module.name / module.file).write_text(source)
+    return base
+
+
+def _grade_lanes(klass: Path, out: Path, lanes: int) -> dict:
+    command = [sys.executable, "-m", "grader.cli", "grade", str(klass), "--out", str(out), "--modules", ",".join(LANE_MODULES),
+               "--timeout", "5", "--memory", "1024", "--jobs", "1", "--lanes", str(lanes), "--seed", "7", "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return {learner: report.load_record(out, learner) for learner in sorted(p.name for p in klass.iterdir())}
+
+
+def _reference(module_name: str) -> str:
+    module = get_module(module_name)
+    return (REPO_ROOT / "solutions" / module.name / module.file).read_text()
+
+
+def test_a_module_that_kills_all_it_can_costs_only_its_own_lane(tmp_path):
+    """Two modules graded at once: one kills every process its uid may signal; the other, graded meanwhile
+    in the other lane under another uid, keeps its full marks, and no process of either uid is left."""
+    klass = _lane_class(tmp_path / "class", {"killer": {"01_rmsnorm": _reference("01_rmsnorm") + KILLER,
+                                                        "02_rope": _reference("02_rope")}})
+    record = _grade_lanes(klass, tmp_path / "out", lanes=2)["killer"]
+    if "uids" not in record.isolation:
+        pytest.skip(f"lanes share the grader's uid here ({record.isolation})")
+    by_module = {name: [t for t in record.tests if t.module == name] for name in LANE_MODULES}
+    assert sum(t.points for t in by_module["01_rmsnorm"]) == 0
+    lost = [f"{t.test}: {t.message}" for t in by_module["02_rope"] if t.points < t.max_points]
+    assert not lost, "the other lane lost points:\n" + "\n".join(lost[:3])
+    uids = {int(u) for u in re.findall(r"\(uids ([\d, ]+)\)", record.isolation)[0].split(", ")}
+    assert len(uids) == 2 and not _processes_of(uids), "processes of the lanes' uids survived"
+
+
+def test_lanes_give_the_same_grades(tmp_path):
+    """One lane or two, the grades are the same (a correct submission, a wrong one, one that does not load)."""
+    learners = {"right": {name: _reference(name) for name in LANE_MODULES},
+                "wrong": {"01_rmsnorm": WRONG, "02_rope": _reference("02_rope").replace("cos", "sin", 1)},
+                "broken": {"01_rmsnorm": "raise ImportError('no')\n", "02_rope": _reference("02_rope")}}
+    klass = _lane_class(tmp_path / "class", learners)
+    one, two = (_grade_lanes(klass, tmp_path / f"out-{lanes}", lanes) for lanes in (1, 2))
+    for learner in learners:
+        assert [(t.test, t.outcome, t.points) for t in one[learner].tests] == [(t.test, t.outcome, t.points) for t in two[learner].tests]
+    assert one["right"].total == one["right"].max_total and 0 < one["broken"].total < one["broken"].max_total
+    assert one["wrong"].total < one["wrong"].max_total
 
 
 def test_a_venv_under_tmp_stays_enterable_in_bwrap(monkeypatch, tmp_path):

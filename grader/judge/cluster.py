@@ -18,7 +18,6 @@ Dask is imported here only: without `--scheduler`, `llmlab grade` never imports 
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
@@ -27,8 +26,9 @@ from collections.abc import Callable
 
 from grader.judge.grade import ExpectedTest, Options, grade_submission
 from grader.judge.report import Record
-from grader.judge.sandbox import detect_isolation, hidden_suite, private_uid
+from grader.judge.sandbox import detect_isolation, hidden_suite
 from grader.judge.submission import Submission
+
 
 def suites_fingerprint(options: Options) -> str:
     """A digest of the graded modules' hidden suites (every file, by name and content)."""
@@ -40,18 +40,30 @@ def suites_fingerprint(options: Options) -> str:
     return digest.hexdigest()
 
 
-def grade_task(submission: Submission, expected: list[ExpectedTest], options: Options, fingerprint: str) -> Record:
-    """What one Dask task runs, on its worker: the submission graded in the sandbox, the record returned."""
+def grade_task(submission: Submission, expected: list[ExpectedTest], options: Options, fingerprint: str,
+               threads: dict[str, int] | None = None) -> Record:
+    """What one Dask task runs, on its worker: the submission graded in the sandbox, the record returned.
+    `threads`: the Dask threads (tasks at once) of each worker's host, by worker address."""
     mine = suites_fingerprint(options)
     if mine != fingerprint:
         raise RuntimeError(
             f"the hidden suites on this worker ({os.uname().nodename}) differ from the judge's: install the "
             "same version of the course on every worker")
-    # The isolation is the worker machine's own (root or not, unshare or not), never the judge's.
-    options = dataclasses.replace(options, isolation=detect_isolation())
-    # A uid leased machine-wide, as a local run leases it: several worker processes may share a machine.
-    with private_uid() if options.isolation.setuid else contextlib.nullcontext() as uid:
-        return grade_submission(submission, expected, options, uid)
+    # The isolation is the worker machine's own (root or not, unshare or not), never the judge's; so are its
+    # lanes: the host's cores shared among the tasks its workers run at once. Uids are leased machine-wide, as
+    # a local run leases them: several worker processes may share a machine.
+    options = dataclasses.replace(options, isolation=detect_isolation(), jobs=_tasks_on_this_host(threads or {}))
+    return grade_submission(submission, expected, options)
+
+
+def _tasks_on_this_host(threads: dict[str, int]) -> int:
+    """The tasks this Dask worker's host runs at once (every worker's threads there), 1 outside a worker."""
+    from dask.distributed import get_worker
+
+    try:
+        return max(1, threads.get(get_worker().address, 1))
+    except ValueError:  # not in a worker
+        return 1
 
 
 def grade_on_cluster(address: str, todo: list[Submission], expected: list[ExpectedTest], options: Options,
@@ -68,10 +80,15 @@ def grade_on_cluster(address: str, todo: list[Submission], expected: list[Expect
     fingerprint = suites_fingerprint(options)
     run = secrets.token_hex(4)  # two judges grading a learner of the same id on one cluster share no task
     with Client(address, set_as_default=False) as client:
+        hosts: dict[str, int] = {}
+        workers = client.scheduler_info()["workers"]
+        for worker in workers.values():
+            hosts[worker["host"]] = hosts.get(worker["host"], 0) + worker["nthreads"]
+        threads = {address: hosts[worker["host"]] for address, worker in workers.items()}
         futures = [
             # a key per run, never a hash of the arguments: a regrade (--force) is a new task, not a cached result;
             # retries=1: a worker lost mid-task (machine gone) costs one more try elsewhere
-            client.submit(grade_task, submission, expected, options, fingerprint, key=f"llmlab-grade-{submission.learner}-{run}",
+            client.submit(grade_task, submission, expected, options, fingerprint, threads, key=f"llmlab-grade-{submission.learner}-{run}",
                           retries=1)
             for submission in todo
         ]

@@ -36,7 +36,7 @@ from grader.harness.course import MODULES, REPO_ROOT, Module, find_module, get_m
 from grader.judge.audit import audit_files
 from grader.judge.progress import Progress
 from grader.judge.report import Record, TestOutcome, load_record, write_class, write_learner
-from grader.judge.sandbox import Isolation, Sandbox, detect_isolation, has_hidden_suite, hidden_suite, private_uid
+from grader.judge.sandbox import Isolation, Sandbox, detect_isolation, has_hidden_suite, hidden_suite, private_uids
 from grader.judge.submission import Submission, find_submissions, read_submission
 from grader.judge.worker import MAX_TEXT
 
@@ -169,6 +169,7 @@ class Options:
     out: Path
     modules: list[Module]
     jobs: int = 1
+    lanes: int = 0  # modules of one submission graded at once, each under its own uid (0: the cores left by `jobs`)
     timeout: float = 10.0  # seconds per test
     memory_mb: int = 2048  # memory a test may add to the worker's
     force: bool = False
@@ -215,6 +216,13 @@ def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None,
 # One submission in its sandbox
 
 
+def lanes_for(options: Options, modules: int) -> int:
+    """How many of a submission's `modules` grade at once: `options.lanes`, or by default the cores this
+    process may use divided among the `jobs` submissions graded at once (at least 1, at most `modules`)."""
+    lanes = options.lanes or len(os.sched_getaffinity(0)) // max(1, options.jobs)
+    return max(1, min(lanes, modules))
+
+
 def _kill_uid(uid: int) -> None:
     """Kill every process left running under a leased private uid (only this submission's tests use it)."""
     for entry in os.listdir("/proc"):
@@ -225,10 +233,12 @@ def _kill_uid(uid: int) -> None:
 
 
 def run_worker(submission: Submission, modules: list[Module], expected: list[ExpectedTest], options: Options,
-               uid: int | None, on_result=None) -> tuple[dict[str, dict], dict[str, dict], str]:
-    """Run the sandboxed worker; return (results by test id, load failures by module, worker error)."""
+               uids: list[int | None], on_result=None) -> tuple[dict[str, dict], dict[str, dict], str]:
+    """Run the sandboxed worker, its modules graded in `len(uids)` lanes (a uid each, or None: the grader's own);
+    return (results by test id, load failures by module, worker error)."""
     isolation = options.isolation or detect_isolation()
-    box = Sandbox.create({k: v for k, v in submission.files.items() if find_module(k.split("/")[0]) in modules}, modules, uid)
+    uids = [uid if isolation.setuid else None for uid in uids]
+    box = Sandbox.create({k: v for k, v in submission.files.items() if find_module(k.split("/")[0]) in modules}, modules, uids)
     results: dict[str, dict] = {}
     loads: dict[str, dict] = {}
     error = ""
@@ -238,9 +248,8 @@ def run_worker(submission: Submission, modules: list[Module], expected: list[Exp
         "seed": options.seed,
         "timeout": options.timeout,
         "memory_mb": options.memory_mb,
-        "uid": uid if isolation.setuid else None,
+        "lanes": [{"uid": uid, **{name: str(path) for name, path in box.lane(index).items()}} for index, uid in enumerate(uids)],
         "result_fd": write_end,
-        "work": str(box.root / "work"),
         "impl": str(box.root / "impl"),
         "suites": [str(box.root / "suite" / m.name) for m in modules],
         "ini": str(box.root / "pytest.ini"),
@@ -300,8 +309,9 @@ def run_worker(submission: Submission, modules: list[Module], expected: list[Exp
         with contextlib.suppress(OSError):
             os.killpg(process.pid, signal.SIGKILL)
         process.wait()
-        if uid is not None and isolation.setuid:
-            _kill_uid(uid)
+        for uid in uids:
+            if uid is not None:
+                _kill_uid(uid)
         log.close()
         box.remove()
     return results, loads, error
@@ -319,8 +329,10 @@ def _run_time_flags(tests: list[TestOutcome]) -> list[str]:
 
 
 def grade_submission(submission: Submission, expected: list[ExpectedTest] | Collection, options: Options,
-                     uid: int | None = None, on_result=None) -> Record:
-    """Grade one submission. `expected` may be a `Collection` still running: the worker starts meanwhile."""
+                     on_result=None) -> Record:
+    """Grade one submission. `expected` may be a `Collection` still running: the worker starts meanwhile.
+    Its modules grade in `lanes_for` lanes, each under a private uid leased machine-wide for the time
+    (where the isolation runs tests under one), so that no two gradings share one."""
     start = time.monotonic()
     isolation = options.isolation or detect_isolation()
     names = [m.name for m in options.modules]
@@ -330,7 +342,14 @@ def grade_submission(submission: Submission, expected: list[ExpectedTest] | Coll
     def mine() -> list[ExpectedTest]:
         return [t for t in everything() if t.module in {m.name for m in present}]
 
-    results, loads, error = run_worker(submission, present, mine, options, uid, on_result) if present else ({}, {}, "")
+    lanes = lanes_for(options, len(present))
+    uids: list = []
+    if present:
+        with private_uids(lanes) if isolation.setuid else contextlib.nullcontext([None] * lanes) as uids:
+            results, loads, error = run_worker(submission, present, mine, options, uids, on_result)
+    else:
+        results, loads, error = {}, {}, ""
+    leased = [uid for uid in uids if uid is not None]
     expected = everything()
     tests = []
     for test in expected:
@@ -357,7 +376,7 @@ def grade_submission(submission: Submission, expected: list[ExpectedTest] | Coll
         tests=tests,
         ignored=submission.ignored,
         review=audit_files(submission.files, [m.name for m in present]) + _run_time_flags(tests),
-        isolation=isolation.describe() + (f" (uid {uid})" if uid is not None and isolation.setuid else ""),
+        isolation=isolation.describe() + (f" (uid{'s' if len(leased) > 1 else ''} {', '.join(map(str, leased))})" if leased else ""),
         seconds=round(time.monotonic() - start, 2),
         worker_error=error,
         rejected=submission.rejected,
@@ -441,8 +460,7 @@ def _grade_class(found, out: Path, options: Options, collection: Collection, pro
         bar.learner_done(record.learner, f"{record.total:g}/{record.max_total:g} in {record.seconds:.1f}s", len(record.tests))
 
     def one(submission: Submission) -> None:
-        with private_uid() if options.isolation.setuid else contextlib.nullcontext() as uid:
-            record = grade_submission(submission, expected, options, uid, bar.test_done)
+        record = grade_submission(submission, expected, options, bar.test_done)
         tests()
         finish(record)
 

@@ -11,7 +11,6 @@ submission with the same sandboxed judge as `llmlab grade` and copies its `resul
 
 from __future__ import annotations
 
-import contextlib
 import json
 import secrets
 import shutil
@@ -107,7 +106,7 @@ def run(root: Path | None = None) -> int:
     from grader.harness.files import atomic_write
     from grader.judge.grade import Options, collect_expected, grade_submission, graded_modules
     from grader.judge.report import write_learner
-    from grader.judge.sandbox import detect_isolation, private_uid
+    from grader.judge.sandbox import detect_isolation
     from grader.judge.submission import read_submission
 
     root = Path(root or "/autograder")
@@ -122,8 +121,7 @@ def run(root: Path | None = None) -> int:
         # Gradescope unpacks the upload into submission/ (a zip of exercises/ arrives as its files)
         submission = read_submission("submission", root / "submission")
         options.isolation = detect_isolation()
-        with private_uid() if options.isolation.setuid else contextlib.nullcontext() as uid:
-            record = grade_submission(submission, collect_expected(options.modules), options, uid)
+        record = grade_submission(submission, collect_expected(options.modules), options)
         write_learner(out, record)
         atomic_write(results, (out / "submission" / "results.json").read_text())
         print(f"{record.total:g} / {record.max_total:g} points", file=sys.stderr)

@@ -6,6 +6,8 @@ Layout of the folder (created by `Sandbox.create`, removed by `Sandbox.remove`):
     suite/NN_name/...      a copy of each graded module's hidden suite (test files readable by root only; `*_workers.py` by all)
     impl/NN_name/<file>    the submission's module files, nothing else
     work/ home/ tmp/       the learner's working folder, HOME and TMPDIR (owned by the learner's uid)
+    work-N/ home-N/ tmp-N/ the same for lane N >= 1, where a submission's modules are graded N+1 at once
+                           (each lane under its own leased uid)
     pytest.ini             empty: no ini file of the repository or of the submission applies
 
 With bubblewrap (`bwrap`, the sandbox Flatpak uses) the worker (grader/judge/worker.py) sees an *allow-list*
@@ -70,7 +72,7 @@ class Isolation:
                      "new pid, network (loopback only), ipc and uts namespaces"]
         else:
             parts = [f"no bubblewrap ({self.why_not or 'not installed'}): the learner's code can read what the grader's uid can"]
-        parts.append("a private uid per submission" if self.setuid else "the grader's own uid (not root, or Python in a folder other users cannot read)")
+        parts.append("a private uid per submission and lane" if self.setuid else "the grader's own uid (not root, or Python in a folder other users cannot read)")
         return "; ".join(parts) + "; rlimits on memory, CPU, processes, file size; per-test process groups"
 
 
@@ -205,6 +207,13 @@ def _processes_of(uid: int) -> list[int]:
 
 
 @contextlib.contextmanager
+def private_uids(count: int):
+    """Lease `count` private uids at once (see `private_uid`): one per lane of a submission."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(private_uid()) for _ in range(count)]
+
+
+@contextlib.contextmanager
 def private_uid():
     """Lease a uid of UID_BASE..UID_BASE+UID_COUNT for one submission, machine-wide: the lock of
     `<tmp>/llmlab-uids/<uid>.lock` is held while it is in use, and a uid that still runs processes is skipped."""
@@ -242,15 +251,16 @@ def has_hidden_suite(module: Module) -> bool:
 class Sandbox:
     """A temporary folder holding one submission's module files and the hidden suites it is graded by."""
 
-    def __init__(self, root: Path, uid: int | None) -> None:
+    def __init__(self, root: Path, uids: list[int | None]) -> None:
         self.root = root
-        self.uid = uid
+        self.uids = uids
 
     @classmethod
-    def create(cls, files: dict[str, bytes], modules: list[Module], uid: int | None) -> "Sandbox":
+    def create(cls, files: dict[str, bytes], modules: list[Module], uids: list[int | None]) -> "Sandbox":
+        """`uids`: one per lane (None: the grader's own uid); each lane gets its own work, home and tmp."""
         root = Path(tempfile.mkdtemp(prefix="llmlab-sandbox-"))
         os.chmod(root, 0o755)  # the learner's uid may traverse it, not write it
-        box = cls(root, uid)
+        box = cls(root, uids)
         lib = root / "lib" / "grader"
         for folder in ("", "harness", "judge"):  # the worker runs the harness and the judge; never publish
             (lib / folder).mkdir(parents=True, exist_ok=True)
@@ -269,12 +279,18 @@ class Sandbox:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o755)
             path.write_bytes(data)
             path.chmod(0o644)
-        for name in ("work", "home", "tmp"):
-            (root / name).mkdir(mode=0o700)
-            if uid is not None:
-                os.chown(root / name, uid, uid)
+        for lane, uid in enumerate(uids):
+            for folder in box.lane(lane).values():
+                folder.mkdir(mode=0o700)
+                if uid is not None:
+                    os.chown(folder, uid, uid)
         (root / "pytest.ini").write_text("[pytest]\n")
         return box
+
+    def lane(self, index: int) -> dict[str, Path]:
+        """The working folder, HOME and TMPDIR of lane `index` (lane 0's are the worker's own)."""
+        suffix = f"-{index}" if index else ""
+        return {name: self.root / f"{name}{suffix}" for name in ("work", "home", "tmp")}
 
     def environment(self) -> dict[str, str]:
         """A scrubbed environment: nothing of the grader's own (tokens, paths) reaches the submission."""

@@ -15,6 +15,11 @@ open. A runner that dies, hangs past a test's limit, changed what a verdict depe
 running or grew its memory is replaced by a fresh fork of the module process for the next test, so one
 test's damage never reaches another's verdict.
 
+Several modules are graded at once where the judge gives several *lanes* (one per core it can spare): each
+module is then graded by a *lane process*, a fork of the zygote made before any learner code exists, with
+the lane's own uid, working folder, HOME and TMPDIR, which forwards its messages to the zygote whole; the
+zygote passes them on to the judge. The longest modules go first, so that the lanes end together.
+
 What comes back is *evidence*, not a verdict: the judge (grader/judge/grade.py) only accepts results for the
 tests it collected itself, one per test, takes points from its own collection, and treats a missing
 result as a failure. A child that forges its own "passed" line can still lie about its own test: that
@@ -141,8 +146,9 @@ class Zygote:
         self.result_fd = result_fd
         self.timeout = float(config["timeout"])
         self.memory = int(config["memory_mb"]) * 2**20
-        self.uid = config.get("uid")
-        self.work = Path(config["work"])
+        self.lanes = config["lanes"]  # one per module graded at once: its uid (or None), work, home and tmp
+        self.uid = self.lanes[0]["uid"]  # those of the lane this process grades in
+        self.work = Path(self.lanes[0]["work"])
         self.can_setuid = os.geteuid() == 0 and self.uid is not None
 
     # -- channel to the judge ------------------------------------------------------------------------
@@ -160,27 +166,91 @@ class Zygote:
         self.send({"type": "collected", "ids": [normal_id(item) for item in session.items]})
 
     def pytest_runtestloop(self, session) -> bool:
-        from grader.harness.plugin import course_module_of
+        from grader.harness.plugin import course_module_of, timeout_for
 
         groups: dict[str, list] = {}
         for item in session.items:
             module = course_module_of(item.path)
             groups.setdefault(module.name if module else "", []).append(item)
+        # Longest first, so that lanes end together: the modules whose tests ask for more time (processes to
+        # start, launches to wait for) before the rest, each group in course order
+        queue = sorted(groups.values(), key=lambda items: -sum(timeout_for(item, 0.0) for item in items))
         from grader.judge.integrity import Snapshot
 
         grader_modules = [sys.modules[name] for name in sorted(sys.modules) if name == "grader" or name.startswith("grader.")]
         suites = sorted({item.module for item in session.items}, key=lambda m: m.__name__)
         self.snapshot = Snapshot(grader_modules, suites, session.config.pluginmanager)
-        if not self.can_setuid:
-            self.nproc = len(_processes_of(os.getuid())) + 64
+        if not self.can_setuid:  # every lane's processes count against the one uid
+            self.nproc = len(_processes_of(os.getuid())) + 64 * len(self.lanes)
         # A pre-fork server's trick: move every object loaded so far (torch, transformers, the suites) out
         # of the collector's reach. Otherwise a child's first full collection touches them all and the OS
         # copies most of the zygote's memory for it: 0.3 s per test instead of 0.02 s.
         gc.collect()
         gc.freeze()
-        for name, items in groups.items():
-            self.run_module(session.config, course_module_of(items[0].path), items)
+        if len(self.lanes) == 1:
+            for items in queue:
+                self.run_module(session.config, course_module_of(items[0].path), items)
+        else:
+            self.run_lanes(session.config, queue)
         return True
+
+    # -- lanes: several modules at once, each graded by a forked copy of this process under its lane's uid -----
+
+    def run_lanes(self, config, queue: list[list]) -> None:
+        """Grade the modules of `queue` (lists of tests), as many at once as there are lanes: each by a *lane
+        process*, a fork of this one (no learner code runs here, so it is the grader's as much as this one is)
+        that takes its lane's uid and folders and runs `run_module` as a single lane would. Its messages come
+        back on a pipe of its own and go on to the judge whole, line by line; when it ends, its lane takes the
+        next module. A lane's uid is its own, so that the sweep after one module's test never touches
+        another's processes."""
+        from grader.harness.plugin import course_module_of
+
+        free = list(range(len(self.lanes)))
+        running: dict[int, list] = {}  # read end of a lane process's pipe -> [pid, lane, unfinished line]
+        queue = list(queue)
+        while queue or running:
+            while queue and free:
+                lane, items = free.pop(0), queue.pop(0)
+                read_end, write_end = os.pipe()
+                pid = os.fork()
+                if pid == 0:  # the lane process: never returns
+                    try:
+                        for fd in (read_end, self.result_fd, *running):  # the judge's pipe is only written here
+                            os.close(fd)
+                        self.result_fd = write_end
+                        self._enter_lane(lane)
+                        self.run_module(config, course_module_of(items[0].path), items)
+                    finally:
+                        _EXIT(0)
+                os.close(write_end)
+                running[read_end] = [pid, lane, b""]
+            for fd in select.select(list(running), [], [])[0]:
+                chunk = os.read(fd, 1 << 16)
+                entry = running[fd]
+                if chunk:
+                    whole, _, entry[2] = (entry[2] + chunk).rpartition(b"\n")
+                    if whole:
+                        self._forward(whole + b"\n")
+                    continue
+                os.close(fd)  # the lane process ended: its lane is free
+                del running[fd]
+                with contextlib.suppress(ChildProcessError):
+                    os.waitpid(entry[0], 0)
+                free.append(entry[1])
+
+    def _forward(self, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self.result_fd, view):]
+
+    def _enter_lane(self, lane: int) -> None:
+        """In a lane process: the learner's code it starts runs under this lane's uid, in its folders."""
+        import tempfile
+
+        spec = self.lanes[lane]
+        self.uid, self.work = spec["uid"], Path(spec["work"])
+        os.environ.update(HOME=spec["home"], TMPDIR=spec["tmp"], HF_HOME=os.path.join(spec["home"], "hf"))
+        tempfile.tempdir = None  # found again from TMPDIR (pytest's tmp_path too) by the first that asks
 
     # -- one module: a process that imports the learner's file once, and runners forked from it ------------
 
