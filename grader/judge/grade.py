@@ -219,7 +219,8 @@ def teaching_message(test: ExpectedTest, kind: str, text: str, line: int | None,
 def lanes_for(options: Options, modules: int) -> int:
     """How many of a submission's `modules` grade at once: `options.lanes`, or by default the cores this
     process may use divided among the `jobs` submissions graded at once (at least 1, at most `modules`)."""
-    lanes = options.lanes or len(os.sched_getaffinity(0)) // max(1, options.jobs)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1  # macOS: no affinity
+    lanes = options.lanes or cores // max(1, options.jobs)
     return max(1, min(lanes, modules))
 
 

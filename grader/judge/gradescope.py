@@ -104,7 +104,7 @@ def build(target: Path, timeout: float = 30.0, memory_mb: int = 2048, seed: int 
 def run(root: Path | None = None) -> int:
     """Grade `ROOT/submission` into `ROOT/results/results.json` (ROOT defaults to /autograder)."""
     from grader.harness.files import atomic_write
-    from grader.judge.grade import Options, collect_expected, grade_submission, graded_modules
+    from grader.judge.grade import Collection, Options, grade_submission, graded_modules
     from grader.judge.report import write_learner
     from grader.judge.sandbox import detect_isolation
     from grader.judge.submission import read_submission
@@ -121,7 +121,11 @@ def run(root: Path | None = None) -> int:
         # Gradescope unpacks the upload into submission/ (a zip of exercises/ arrives as its files)
         submission = read_submission("submission", root / "submission")
         options.isolation = detect_isolation()
-        record = grade_submission(submission, collect_expected(options.modules), options)
+        collection = Collection(options.modules)  # the judge's collection, beside the worker's start
+        try:
+            record = grade_submission(submission, collection, options)
+        finally:
+            collection.close()
         write_learner(out, record)
         atomic_write(results, (out / "submission" / "results.json").read_text())
         print(f"{record.total:g} / {record.max_total:g} points", file=sys.stderr)
