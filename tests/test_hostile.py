@@ -239,6 +239,29 @@ def test_lanes_give_the_same_grades(tmp_path):
     assert one["wrong"].total < one["wrong"].max_total
 
 
+def test_a_patch_of_a_suites_helper_module_is_tamper(tmp_path):
+    """08's hidden suite computes truths with functions of its `launch_hidden_workers.py` (readable, importable by
+    the learner's code): replacing one at import is caught like a patch of the suite itself."""
+    module = get_module("08_distributed_launch")
+    patch = """
+
+import sys as _sys
+
+_helpers = _sys.modules.get("launch_hidden_workers")
+if _helpers is not None:
+    _original = _helpers.make_mlp
+    _helpers.make_mlp = lambda *a, **k: _original(*a, **k)  # it could as well return a model that agrees with anything
+"""
+    klass = _lane_class(tmp_path / "class", {"patcher": {module.name: _reference(module.name) + patch}})
+    command = [sys.executable, "-m", "grader.cli", "grade", str(klass), "--out", str(tmp_path / "out"), "--modules", module.name,
+               "--seed", "3", "--quiet"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=600, cwd=REPO_ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    record = report.load_record(tmp_path / "out", "patcher")
+    assert record.total == 0 and {t.kind for t in record.tests} == {"tamper"}
+    assert "launch_hidden_workers.make_mlp" in record.tests[0].message
+
+
 def test_a_venv_under_tmp_stays_enterable_in_bwrap(monkeypatch, tmp_path):
     """With the checkout and its venv under /tmp (a CI clone), the folders on the way to the venv are made
     after the private /tmp, so the tmpfs does not cover them and bwrap does not make them again with mode 700."""

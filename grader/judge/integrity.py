@@ -5,8 +5,8 @@ code exists; each test process verifies it after its test and before it sends it
 
 - the identity of every attribute of the modules a verdict goes through (torch and its C function tables,
   `torch.Tensor`'s and `torch.nn.Module`'s methods, `math`, `builtins`, `json`, `pickle`, `os`, pytest's
-  runner and pluggy, the grader's own modules and the hidden suites), of the methods of every class
-  those grader modules and suites name (a transformers oracle such as `LlamaRMSNorm` included), and the
+  runner and pluggy, the grader's own modules, the hidden suites and the helper files they import), of
+  the methods of every class those grader modules and suites name (a transformers oracle such as `LlamaRMSNorm` included), and the
   code, defaults and closures of their functions;
 - the *contents* of the grader's tables (the tolerances: a table edited in place keeps its identity);
 - torch's global state a comparison depends on: no torch function or dispatch mode active, torch

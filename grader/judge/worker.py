@@ -173,12 +173,15 @@ class Zygote:
             module = course_module_of(item.path)
             groups.setdefault(module.name if module else "", []).append(item)
         # Longest first, so that lanes end together: the modules whose tests ask for more time (processes to
-        # start, launches to wait for) before the rest, each group in course order
+        # start, launches to wait for) before the rest, the rest in course order
         queue = sorted(groups.values(), key=lambda items: -sum(timeout_for(item, 0.0) for item in items))
         from grader.judge.integrity import Snapshot
 
         grader_modules = [sys.modules[name] for name in sorted(sys.modules) if name == "grader" or name.startswith("grader.")]
-        suites = sorted({item.module for item in session.items}, key=lambda m: m.__name__)
+        # the suites' files, and the helpers they import from their folders (08's workers compute truths too)
+        folders = {os.path.dirname(str(item.path)) for item in session.items}
+        helpers = {m for m in list(sys.modules.values()) if os.path.dirname(str(vars(m).get("__file__") or "")) in folders}
+        suites = sorted({item.module for item in session.items} | helpers, key=lambda m: m.__name__)
         self.snapshot = Snapshot(grader_modules, suites, session.config.pluginmanager)
         if not self.can_setuid:  # every lane's processes count against the one uid
             self.nproc = len(_processes_of(os.getuid())) + 64 * len(self.lanes)
