@@ -12,8 +12,9 @@ Where the time goes, and why the suite is laid out this way:
   starting fresh interpreters. The grader runs a module's tests in one process, as pytest does, so a
   launch's forkserver (torch imported once) serves the later launches; the four environment checks share
   one launch.
-- torchrun and `accelerate launch` run once each; their workers import nothing they do not need, and
-  torchrun starts before the learner's launch that it is compared with, so the two overlap.
+- torchrun and `accelerate launch` run once each, started together by one fixture; their workers import
+  nothing they do not need, and both start before the learner's launch that torchrun is compared with, so
+  the three overlap.
 Tests are ordered cheap first: in-process checks, forked ranks, the learner's launches, the real launchers.
 """
 
@@ -353,10 +354,10 @@ def test_a_launch_while_port_29500_is_taken(impl):
 
 
 @pytest.mark.points(3)
-@pytest.mark.timeout(40)  # waits out launch's own 2 s timeout after the workers' start, then checks they are gone
+@pytest.mark.timeout(40)  # waits out launch's own 1 s timeout after the workers' start, then checks they are gone
 def test_a_hanging_worker_times_out(impl):
     """A worker that never returns gives TimeoutError within the timeout, and every worker is killed."""
-    timeout = 2.0
+    timeout = 1.0
     launched = workers.guarded_launch(impl.launch, workers.hang_on_rank, 2, args=(1, 600.0), timeout=timeout, grace=15.0)
     if isinstance(launched.error, NotImplementedError) or not isinstance(launched.error, TimeoutError):
         if launched.error is not None:
@@ -432,22 +433,49 @@ def _finish(started, timeout=240):
     assert process.returncode == 0, f"{' '.join(map(str, process.args[:6]))} ... failed:\n{output.read_text()[-4000:]}"
 
 
+@pytest.fixture(scope="module")
+def real_launches(request, tmp_path_factory):
+    """torchrun and `accelerate launch`, started together in the background; the two tests below finish one each,
+    so the launchers' starts (each an agent importing torch and two workers) overlap each other and the learner's launch."""
+    folder = tmp_path_factory.mktemp("launchers")
+    ran = {}
+    # torchrun: its workers write the environment they were given
+    ran["torchrun"] = folder / "torchrun"
+    ran["torchrun"].mkdir()
+    script = ran["torchrun"] / "worker.py"
+    script.write_text(_TORCHRUN_SCRIPT.format(out=str(ran["torchrun"]), names=workers.TORCHRUN_VARIABLES))
+    started = {"torchrun": _start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)],
+                                  ran["torchrun"])}
+    # accelerate: its workers run the learner's data-parallel step on this batch
+    ran["accelerate"] = folder / "accelerate"
+    ran["accelerate"].mkdir()
+    batch = torch.randn(8, 6), torch.randn(8, 3)
+    torch.save(batch, ran["accelerate"] / "data.pt")
+    impl_file = module_path(impl_root(request.config), course_module_of(request.path)).resolve()
+    script = ran["accelerate"] / "worker.py"
+    script.write_text(_ACCELERATE_SCRIPT.format(here=str(HERE), impl_file=str(impl_file), data=str(ran["accelerate"] / "data.pt"),
+                                                out=str(ran["accelerate"])))
+    # On a host without GPUs, --multi_gpu is what starts several processes (torchrun inside); --cpu starts one.
+    started["accelerate"] = _start([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                                    "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
+                                    "--main_process_port", str(workers.free_port()), str(script)],
+                                   ran["accelerate"], CUDA_VISIBLE_DEVICES="")  # CPU and gloo even on a GPU host
+    yield {name: (started[name], ran[name]) for name in started} | {"batch": batch}
+    for process, _ in started.values():
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 @pytest.mark.points(3)
-@pytest.mark.timeout(300)  # starts torchrun: an agent importing torch and 2 workers
-def test_environment_matches_torchrun(impl, tmp_path):
+@pytest.mark.timeout(300)  # starts torchrun and accelerate launch: each an agent importing torch and 2 workers
+def test_environment_matches_torchrun(impl, real_launches):
     """Each rank's RANK, LOCAL_RANK, WORLD_SIZE, LOCAL_WORLD_SIZE equal those torchrun --nproc_per_node 2 gives."""
-    script = tmp_path / "worker.py"
-    script.write_text(_TORCHRUN_SCRIPT.format(out=str(tmp_path), names=workers.TORCHRUN_VARIABLES))
-    torchrun = _start([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", str(script)], tmp_path)
-    try:  # torchrun's agent imports torch meanwhile
-        ours = unwrap(workers.guarded_launch(impl.launch, workers.rank_environment, 2).result())
-    except BaseException:
-        torchrun[0].kill()
-        torchrun[0].wait()
-        raise
+    torchrun, folder = real_launches["torchrun"]
+    ours = unwrap(workers.guarded_launch(impl.launch, workers.rank_environment, 2).result())  # torchrun's agent imports torch meanwhile
     _finish(torchrun)
     for rank in range(2):
-        theirs = json.loads((tmp_path / f"{rank}.json").read_text())
+        theirs = json.loads((folder / f"{rank}.json").read_text())
         assert set(theirs) == set(ours[rank]["env"])
         missing = [name for name, value in ours[rank]["env"].items() if value is None and theirs[name] is not None]
         assert not missing, f"torchrun sets {missing} for rank {rank}; your launch does not"
@@ -461,22 +489,14 @@ def test_environment_matches_torchrun(impl, tmp_path):
 
 
 @pytest.mark.points(3)
-@pytest.mark.timeout(300)  # starts accelerate launch: the launcher and 2 workers, each importing torch
-def test_the_same_worker_runs_under_accelerate_launch(impl, request, tmp_path):
+@pytest.mark.timeout(300)  # waits for accelerate launch, started with torchrun above (again here in a fresh runner)
+def test_the_same_worker_runs_under_accelerate_launch(real_launches):
     """The data-parallel worker, run by `accelerate launch --multi_gpu --num_processes 2` on CPU, gives the single-process step."""
-    x, y = torch.randn(8, 6), torch.randn(8, 3)
-    truth = single_process_step(x, y)
-    torch.save((x, y), tmp_path / "data.pt")
-    impl_file = module_path(impl_root(request.config), course_module_of(request.path)).resolve()
-    script = tmp_path / "worker.py"
-    script.write_text(_ACCELERATE_SCRIPT.format(here=str(HERE), impl_file=str(impl_file), data=str(tmp_path / "data.pt"), out=str(tmp_path)))
-    # On a host without GPUs, --multi_gpu is what starts several processes (torchrun inside); --cpu starts one.
-    accelerate = _start([sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                         "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(workers.free_port()), str(script)],
-                        tmp_path, CUDA_VISIBLE_DEVICES="")  # CPU and gloo even on a GPU host: with one GPU, rank 1 would ask for cuda:1
+    accelerate, folder = real_launches["accelerate"]
     _finish(accelerate)
+    truth = single_process_step(*real_launches["batch"])
     for rank in range(2):
-        theirs = torch.load(tmp_path / f"{rank}.pt")
+        theirs = torch.load(folder / f"{rank}.pt")
         assert theirs["num_processes"] == 2, f"accelerate ran {theirs['num_processes']} process(es), expected 2"
         assert theirs["rank"] == rank
         for name, expected in truth.items():
