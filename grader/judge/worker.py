@@ -180,7 +180,8 @@ class Zygote:
         grader_modules = [sys.modules[name] for name in sorted(sys.modules) if name == "grader" or name.startswith("grader.")]
         # the suites' files, and the helpers they import from their folders (08's workers compute truths too)
         folders = {os.path.dirname(str(item.path)) for item in session.items}
-        helpers = {m for m in list(sys.modules.values()) if os.path.dirname(str(vars(m).get("__file__") or "")) in folders}
+        helpers = {m for m in list(sys.modules.values())  # sys.modules may hold None and objects that are no module
+                   if isinstance(m, type(sys)) and os.path.dirname(str(m.__dict__.get("__file__") or "")) in folders}
         suites = sorted({item.module for item in session.items} | helpers, key=lambda m: m.__name__)
         self.snapshot = Snapshot(grader_modules, suites, session.config.pluginmanager)
         if not self.can_setuid:  # every lane's processes count against the one uid
