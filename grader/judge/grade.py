@@ -238,7 +238,6 @@ def run_worker(submission: Submission, modules: list[Module], expected: list[Exp
     """Run the sandboxed worker, its modules graded in `len(uids)` lanes (a uid each, or None: the grader's own);
     return (results by test id, load failures by module, worker error)."""
     isolation = options.isolation or detect_isolation()
-    uids = [uid if isolation.setuid else None for uid in uids]
     box = Sandbox.create({k: v for k, v in submission.files.items() if find_module(k.split("/")[0]) in modules}, modules, uids)
     results: dict[str, dict] = {}
     loads: dict[str, dict] = {}
