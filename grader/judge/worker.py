@@ -154,11 +154,12 @@ class Zygote:
     # -- channel to the judge ------------------------------------------------------------------------
 
     def send(self, message: dict) -> None:
-        data = (json.dumps(message) + "\n").encode()
+        self._write((json.dumps(message) + "\n").encode())
+
+    def _write(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
-            written = os.write(self.result_fd, view)
-            view = view[written:]
+            view = view[os.write(self.result_fd, view):]
 
     # -- pytest hooks --------------------------------------------------------------------------------
 
@@ -234,18 +235,13 @@ class Zygote:
                 if chunk:
                     whole, _, entry[2] = (entry[2] + chunk).rpartition(b"\n")
                     if whole:
-                        self._forward(whole + b"\n")
+                        self._write(whole + b"\n")
                     continue
                 os.close(fd)  # the lane process ended: its lane is free
                 del running[fd]
                 with contextlib.suppress(ChildProcessError):
                     os.waitpid(entry[0], 0)
                 free.append(entry[1])
-
-    def _forward(self, data: bytes) -> None:
-        view = memoryview(data)
-        while view:
-            view = view[os.write(self.result_fd, view):]
 
     def _enter_lane(self, lane: int) -> None:
         """In a lane process: the learner's code it starts runs under this lane's uid, in its folders."""
