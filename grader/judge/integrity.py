@@ -6,17 +6,21 @@ code exists; each test process verifies it after its test and before it sends it
 - the identity of every attribute of the modules a verdict goes through (torch and its C function tables,
   `torch.Tensor`'s and `torch.nn.Module`'s methods, `math`, `builtins`, `json`, `pickle`, `os`, pytest's
   runner and pluggy, the grader's own modules, the hidden suites and the helper files they import), of
-  the methods of every class those grader modules and suites name (a transformers oracle such as `LlamaRMSNorm` included), and the
-  code, defaults and closures of their functions;
+  the methods of every class those grader modules and suites name (a transformers oracle such as
+  `LlamaRMSNorm` included), immutable types such as `torch._C.TensorBase` too (their read-only `__dict__`
+  still hands out the dict behind it), and of the code, defaults and closure contents of their functions;
 - the *contents* of the grader's tables (the tolerances: a table edited in place keeps its identity);
 - torch's global state a comparison depends on: no torch function or dispatch mode active, torch
   function handling on, the thread-local dispatch key sets, Python kernels registered with torch.library;
 - pytest's registered plugins and the implementations of every hook.
 
 A difference means the learner's code changed how the test judges it: the test gets no points and the
-submission is flagged (kind "tamper"). Additions are allowed (a lazy import adds attributes). What this
-cannot see is the residual risk the README names: code that reads the interpreter's memory (frames, gc)
-to find an expected value, or that patches something and puts it back before the check.
+submission is flagged (kind "tamper"). Additions are allowed (a lazy import adds attributes). A function's
+code and defaults change only through setters that raise an audit event, so the audit hook of the test
+process (`install_audit_hook`) notes which ones were set and only those are compared again; everything
+else is compared after every test. What this cannot see is the residual risk the README names: code that
+reads the interpreter's memory (frames, gc) to find an expected value, or that patches something and puts
+it back before the check.
 """
 
 from __future__ import annotations
@@ -75,15 +79,6 @@ def _attributes(owner):
     return vars(type(owner))  # torch._C._VariableFunctions: an object whose class holds the table
 
 
-def _immutable(owner) -> bool:
-    """A type whose attributes cannot be set (Py_TPFLAGS_IMMUTABLETYPE), or an object whose table is one."""
-    klass = owner if isinstance(owner, type) else None if isinstance(owner, types.ModuleType) else type(owner)
-    return klass is not None and bool(klass.__flags__ & _IMMUTABLE_TYPE)
-
-
-_IMMUTABLE_TYPE = 1 << 8  # Py_TPFLAGS_IMMUTABLETYPE (Python 3.10 and later)
-
-
 def _shadows(klass: type, name: str) -> bool:
     """`name`, newly set on `klass`, replaces what a base class defines, or is a special method (a cache
     such as copyreg's `__slotnames__` is neither)."""
@@ -101,11 +96,15 @@ def _function_of(value):
     return value if isinstance(value, types.FunctionType) else None
 
 
-_function_parts = operator.attrgetter("__code__", "__defaults__", "__kwdefaults__", "__closure__")  # what a function runs
-_property_parts = operator.attrgetter("fget", "fset", "fdel")
+_function_parts = operator.attrgetter("__code__", "__defaults__", "__kwdefaults__")  # set only through audited setters
+_property_parts = operator.attrgetter("fget", "fset", "fdel")  # property.__init__ called again sets them unaudited
+_cell_contents = operator.attrgetter("cell_contents")  # a closure's variables: set unaudited
+# The audit events of a function's setters (__code__, __defaults__, __kwdefaults__): nothing else raises them
+FUNCTION_SETTERS = {"object.__setattr__", "object.__delattr__"}
 
 
-def _torch_state() -> dict:
+def _torch_state(kernels: dict) -> dict:
+    """torch's global state; `kernels` memoises the aten kernels of the last set of torch.library's keys."""
     import torch
 
     state = {
@@ -119,8 +118,20 @@ def _torch_state() -> dict:
     }
     impls = getattr(torch.library, "_impls", None)
     if impls is not None:  # kernels of aten's operators (a lazy import of torch registers others, and Meta ones)
-        state["Python kernels of aten operators"] = tuple(sorted(k for k in impls if k.startswith("aten/") and not k.endswith("/Meta")))
+        keys = frozenset(impls)
+        if keys not in kernels:
+            kernels.clear()
+            kernels[keys] = tuple(sorted(k for k in keys if k.startswith("aten/") and not k.endswith("/Meta")))
+        state["Python kernels of aten operators"] = kernels[keys]
     return state
+
+
+def _has_contents(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 - an empty cell raises
+    except ValueError:
+        return False
+    return True
 
 
 class Snapshot:
@@ -148,19 +159,17 @@ class Snapshot:
         self.owners = {**owners, **classes}
         self.modules = {name: module for name, module in owners.items() if isinstance(module, types.ModuleType)}
         self.tables = {m.__name__: m for m in grader_modules if m.__name__ in TABLES}
-        # one row per owner: its attribute names and their identities, compared as tuples (fast: a test
-        # process verifies some 12,000 attributes in a few milliseconds). An immutable type (torch._C.TensorBase,
-        # torch's legacy FloatTensor & co., _VariableFunctionsClass, int) refuses setattr and delattr, and its
-        # dict is reached only through gc or ctypes, which the audit hook stops (watch_memory_reads): it has no
-        # row (half of the attributes otherwise), but the Python functions it holds are checked like the others.
+        # One row per owner: its attribute names and their identities, compared as tuples (fast: a test
+        # process verifies some 24,000 attributes in about a millisecond). An immutable type (torch._C.TensorBase,
+        # _VariableFunctionsClass) refuses setattr, but its mappingproxy compared with an object hands that
+        # object the dict behind it, so it has a row like any other.
         self.rows = []
         self.originals = {key: _attributes(self.owners[key.rsplit(".", 1)[0]]).get(key.rsplit(".", 1)[1]) for key in TORCH_WRAPS}
         functions, properties = [], []
         for owner_name, owner in self.owners.items():
             attributes = _attributes(owner)
             names = tuple(n for n in attributes if f"{owner_name}.{n}" not in VOLATILE)
-            if not _immutable(owner):
-                self.rows.append((owner_name, owner, tuple(attributes), tuple(map(id, attributes.values())), names))
+            self.rows.append((owner_name, owner, tuple(attributes), tuple(attributes.values()), names))
             for name in names:
                 value = attributes[name]
                 function = _function_of(value)
@@ -171,16 +180,26 @@ class Snapshot:
         self.functions = [(names_, objects, list(map(parts, objects))) for names_, objects, parts in (
             (tuple(n for n, _ in functions), tuple(f for _, f in functions), _function_parts),
             (tuple(n for n, _ in properties), tuple(f for _, f in properties), _property_parts))]
+        self.watched_functions = frozenset(self.functions[0][1])  # functions hash and compare by identity
+        # the watched functions whose setters ran, noted by the audit hook; None: no hook, compare them all
+        self.touched: set | None = None
+        cells = [(f"{name} (its closure)", cell) for name, function in functions for cell in function.__closure__ or ()
+                 if _has_contents(cell)]
+        self.cells = (tuple(n for n, _ in cells), tuple(c for _, c in cells))
+        self.cell_values = tuple(map(_cell_contents, self.cells[1]))
+        self._kernels: dict = {}
         self.state = self._state()
 
     def _state(self) -> dict:
         """What is compared by value: the grader's tables, torch's global state, pytest's plugins and hooks."""
         state: dict = {}
         for module_name, module in self.tables.items():
-            for name, value in vars(module).items():
+            for name, value in vars(module).items():  # not `__builtins__` and the like: rows of their own
+                if name.startswith("__"):
+                    continue
                 if isinstance(value, (dict, list, set, tuple)) or hasattr(value, "__dataclass_fields__"):
                     state[f"{module_name}.{name} (contents)"] = _plain_tables(value)
-        state.update(_torch_state())
+        state.update(_torch_state(self._kernels))
         if self.pluginmanager is not None:
             manager = self.pluginmanager
             state["pytest's plugins"] = tuple(sorted(id(p) for p in manager.get_plugins()))
@@ -201,19 +220,29 @@ class Snapshot:
     def changed(self) -> list[str]:
         """What differs from the snapshot now, in a stable order (empty: nothing)."""
         found = [name for name, module in self.modules.items() if sys.modules.get(name, module) is not module]
-        for owner_name, owner, keys, ids, names in self.rows:
+        # Identity, compared with `is` at C speed: never `==` (the learner's objects define it), never `id()`
+        # (each call is an audit event, and the test process's audit hook would see 24,000 of them)
+        for owner_name, owner, keys, values, names in self.rows:
             attributes = _attributes(owner)
-            if tuple(map(id, attributes.values())) == ids:  # the common case, at C speed
+            if len(attributes) == len(values) and all(map(operator.is_, attributes.values(), values)):  # the common case
                 continue
-            before = dict(zip(keys, ids))
-            found += [f"{owner_name}.{n}" for n in names if id(attributes.get(n, _MISSING)) != before[n]
+            before = dict(zip(keys, values))
+            found += [f"{owner_name}.{n}" for n in names if attributes.get(n, _MISSING) is not before[n]
                       and not self._torch_wrap(f"{owner_name}.{n}", attributes.get(n))]
             if isinstance(owner, type):  # a class that gains a method shadows its base's: Tensor.__eq__ over TensorBase's
                 found += [f"{owner_name}.{n} (added)" for n in attributes if n not in before and _shadows(owner, n)]
         for (names, objects, before), parts in zip(self.functions, (_function_parts, _property_parts)):
+            if parts is _function_parts and self.touched is not None and not self.touched:
+                continue  # no setter of a watched function ran
             now = list(map(parts, objects))
-            if now != before:  # identical objects compare at once; a replaced code, default or closure does not
-                found += [f"{n} (its code, defaults or closure)" for n, a, b in zip(names, before, now) if a != b]
+            if now != before:  # identical objects compare at once; a replaced code or default does not
+                found += [f"{n} (its code or defaults)" for n, a, b in zip(names, before, now) if a != b]
+        try:
+            cells_same = all(map(operator.is_, map(_cell_contents, self.cells[1]), self.cell_values))
+        except ValueError:  # a cell emptied
+            cells_same = False
+        if not cells_same:
+            found += [n for n, cell, before in zip(*self.cells, self.cell_values) if not _has_contents(cell) or cell.cell_contents is not before]
         state = self._state()
         found += [name for name, value in self.state.items() if state.get(name, value) != value]
         return found
@@ -229,18 +258,27 @@ FRAME_ATTRIBUTES = {"tb_frame", "gi_frame", "cr_frame", "ag_frame", "f_back", "_
 WALKED_EXIT = 97  # the exit status of a test process stopped for reading the interpreter's memory
 
 
-def watch_memory_reads(impl_dir: str, exit_) -> None:
+def install_audit_hook(impl_dir: str, exit_, snapshot: Snapshot | None = None) -> None:
     """Install (for good: an audit hook cannot be removed) a hook that stops this process, and every process
     forked from it, with status WALKED_EXIT the moment code of the learner's files, or code made at run time
     (`exec`), walks stack frames, lists objects through gc or reads memory through ctypes: the way to the
-    expected values or the test's own functions. What torch, pytest or the standard library do is theirs."""
+    expected values or the test's own functions. What torch, pytest or the standard library do is theirs.
+    It also tells `snapshot` which functions had their code or defaults set, by anyone, so that its check
+    compares only those again."""
     import inspect
 
     getframe = sys._getframe
     skip = {inspect.__file__}  # inspect.currentframe() and inspect.stack() act for their caller
     busy = []
+    watched, touched = (snapshot.watched_functions, set()) if snapshot is not None else (frozenset(), None)
+    if snapshot is not None:
+        snapshot.touched = touched
 
     def hook(event: str, args: tuple) -> None:
+        if event in FUNCTION_SETTERS:
+            if args[0] in watched:  # a function: hashed and compared by identity
+                touched.add(args[0])
+            return
         if busy or (event not in MEMORY_EVENTS and not (event == "object.__getattr__" and len(args) > 1 and args[1] in FRAME_ATTRIBUTES)):
             return
         busy.append(1)

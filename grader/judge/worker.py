@@ -269,7 +269,7 @@ class Zygote:
         longest = max([self.timeout, *timeouts])
         cpu_budget = int(sum(timeouts) + 2 * len(timeouts) + longest) + 10  # the hard CPU limit of the module's runners
         snapshot, impl_dir, work, memory = self.snapshot, str(Path(self.config["impl"]).resolve()), self.work, self.memory
-        from grader.judge.integrity import watch_memory_reads as watch
+        from grader.judge.integrity import install_audit_hook
 
         start = time.monotonic()
         pid = os.fork()
@@ -278,7 +278,7 @@ class Zygote:
                 ours.close()
                 os.close(self.result_fd)
                 self._enter_child(longest, cpu_budget)
-                watch(impl_dir, _EXIT)
+                install_audit_hook(impl_dir, _EXIT, snapshot)
                 _serve_module(theirs, config, module, items, snapshot, load_nonce, work, memory)
             finally:
                 _EXIT(0)
