@@ -18,11 +18,11 @@ from typing import Any, Union
 import torch
 
 from grader.harness.errors import NotImplementedYet
-from grader.harness.tolerances import Tolerance, tolerance_for
+from grader.harness.tolerances import Tolerance, tolerance_as_good_as, tolerance_for
 
 Mistake = Union[torch.Tensor, Callable[[torch.Tensor], bool]]
 
-__all__ = ["assert_close", "assert_raises", "assert_shape", "expect", "Tolerance", "tolerance_for"]
+__all__ = ["assert_close", "assert_raises", "assert_shape", "expect", "Tolerance", "tolerance_as_good_as", "tolerance_for"]
 
 
 def expect(condition: Any, message: str) -> None:

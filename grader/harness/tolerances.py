@@ -47,3 +47,22 @@ def tolerance_for(dtype: torch.dtype, device: torch.device | str = "cpu") -> Tol
         raise KeyError(f"no tolerance defined for {dtype}: compare floating-point tensors only")
     kind = torch.device(device).type
     return _CPU[dtype].scaled(_DEVICE_FACTOR.get(kind, 2.0))
+
+
+def tolerance_as_good_as(library: torch.Tensor, truth: torch.Tensor, dtype: torch.dtype, device: torch.device | str = "cpu",
+                         margin: float = 4.0) -> Tolerance:
+    """The tolerance for a result of `dtype`, widened where the library's own result in `dtype` needs it.
+
+    A deep computation (a whole model's logits: layers of matmuls, softmax, norms) rounds more than one
+    operation does, by an amount that depends on its weights and inputs. A correct implementation may round
+    as much as the library does, in any order of operations: the tolerance is `margin` times what the
+    library's result (`library`, computed in `dtype`) needs against the float64 `truth`, never less than
+    `tolerance_for(dtype, device)`. A mistake (a wrong position, a missing mask) is orders of magnitude larger.
+    """
+    tol = tolerance_for(dtype, device)
+    got, want = library.detach().double().cpu(), truth.detach().double().cpu()
+    if want.numel() == 0:
+        return tol
+    limit = (tol.atol * want.abs().max() + tol.rtol * want.abs()).clamp_min(torch.finfo(torch.float64).tiny)
+    used = float(((got - want).abs() / limit).max())
+    return tol.scaled(max(1.0, margin * used))
