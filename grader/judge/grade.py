@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import io
 import json
 import os
@@ -243,6 +244,11 @@ def run_worker(submission: Submission, modules: list[Module], expected: list[Exp
     loads: dict[str, dict] = {}
     error = ""
     read_end, write_end = os.pipe()
+    # Room for all the worker says while the judge's own collection may still run (the collected ids alone are
+    # some 50 kB, a whole grade's messages a few hundred): a worker that waited on a full pipe would stall
+    # its lanes, whose messages it forwards
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)
     log = tempfile.TemporaryFile()
     config = {
         "seed": options.seed,

@@ -188,8 +188,10 @@ def test_data_parallel_step_equals_a_step_on_the_whole_batch(impl, device, world
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
-def environment_launch(request):
-    """One launch of `rank_environment` over 2 ranks, where rank 0 is the last to report."""
+def environment_launch(request, real_launches):
+    """One launch of `rank_environment` over 2 ranks, where rank 0 is the last to report. The module's first launch
+    also starts the real launchers (`real_launches`): they run in the background while the learner's launches are
+    checked, and the module's last two tests, which compare with them, find them done."""
     impl = load_implementation(impl_root(request.config), course_module_of(request.path))  # once for the 4 tests below
     return request.param, workers.guarded_launch(impl.launch, workers.rank_environment, 2, args=(0, 1.0), backend=request.param)
 
@@ -435,8 +437,9 @@ def _finish(started, timeout=240):
 
 @pytest.fixture(scope="module")
 def real_launches(request, tmp_path_factory):
-    """torchrun and `accelerate launch`, started together in the background; the two tests below finish one each,
-    so the launchers' starts (each an agent importing torch and two workers) overlap each other and the learner's launch."""
+    """torchrun and `accelerate launch`, started together in the background (by the module's first launch, see
+    `environment_launch`); the two tests below finish one each, so the launchers' starts (each an agent importing
+    torch and two workers) overlap each other and the learner's launches in between."""
     folder = tmp_path_factory.mktemp("launchers")
     ran = {}
     # torchrun: its workers write the environment they were given
