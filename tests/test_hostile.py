@@ -4,7 +4,8 @@ Each file of `tests/hostile/` (but `_wrong.py`) is one attack, appended to a wro
 earns nothing on its own (`_wrong.py`): reading the reference from the checkout's git history or from the
 disk, patching torch's comparisons, json, pytest's runner or the grader's tolerance tables in place,
 walking frames to call the test's own oracle, a global TorchFunctionMode, an obfuscated (`exec` of base64)
-patch, a Tensor subclass that agrees with everything. The earlier attacks (forged results, exits, memory
+patch, a Tensor subclass that agrees with everything, TensorBase's C methods edited through the dict behind
+its read-only `__dict__`. The earlier attacks (forged results, exits, memory
 and fork bombs, floods, vandalism) are in tests/test_grade.py. Every attack must earn 0 points and be
 flagged in the review column; the honest controls (the reference, and one written another way with
 warnings, a namedtuple, functools and traceback) full marks with an empty review column; no process of
