@@ -126,6 +126,11 @@ def _torch_state(kernels: dict) -> dict:
     return state
 
 
+def _same(before: tuple, now: tuple) -> bool:
+    """The same objects, one for one (identity: an object's own `__eq__` may lie)."""
+    return all(map(operator.is_, before, now))
+
+
 def _has_contents(cell) -> bool:
     try:
         cell.cell_contents  # noqa: B018 - an empty cell raises
@@ -169,7 +174,8 @@ class Snapshot:
         for owner_name, owner in self.owners.items():
             attributes = _attributes(owner)
             names = tuple(n for n in attributes if f"{owner_name}.{n}" not in VOLATILE)
-            self.rows.append((owner_name, owner, tuple(attributes), tuple(attributes.values()), names))
+            # the mapping itself: a module's dict, or a live view of a class's (neither can be replaced)
+            self.rows.append((owner_name, owner, attributes, tuple(attributes), tuple(attributes.values()), names))
             for name in names:
                 value = attributes[name]
                 function = _function_of(value)
@@ -180,6 +186,11 @@ class Snapshot:
         self.functions = [(names_, objects, list(map(parts, objects))) for names_, objects, parts in (
             (tuple(n for n, _ in functions), tuple(f for _, f in functions), _function_parts),
             (tuple(n for n, _ in properties), tuple(f for _, f in properties), _property_parts))]
+        first_names = {function: name for name, function in reversed(functions)}  # a function under several names: once
+        for function, name in first_names.items():  # its keyword defaults: a dict that can be edited in place, unaudited
+            kwdefaults = function.__kwdefaults__
+            if kwdefaults:
+                self.rows.append((f"{name}.__kwdefaults__", None, kwdefaults, tuple(kwdefaults), tuple(kwdefaults.values()), tuple(kwdefaults)))
         self.watched_functions = frozenset(self.functions[0][1])  # functions hash and compare by identity
         # the watched functions whose setters ran, noted by the audit hook; None: no hook, compare them all
         self.touched: set | None = None
@@ -222,8 +233,7 @@ class Snapshot:
         found = [name for name, module in self.modules.items() if sys.modules.get(name, module) is not module]
         # Identity, compared with `is` at C speed: never `==` (the learner's objects define it), never `id()`
         # (each call is an audit event, and the test process's audit hook would see 24,000 of them)
-        for owner_name, owner, keys, values, names in self.rows:
-            attributes = _attributes(owner)
+        for owner_name, owner, attributes, keys, values, names in self.rows:
             if len(attributes) == len(values) and all(map(operator.is_, attributes.values(), values)):  # the common case
                 continue
             before = dict(zip(keys, values))
@@ -234,9 +244,7 @@ class Snapshot:
         for (names, objects, before), parts in zip(self.functions, (_function_parts, _property_parts)):
             if parts is _function_parts and self.touched is not None and not self.touched:
                 continue  # no setter of a watched function ran
-            now = list(map(parts, objects))
-            if now != before:  # identical objects compare at once; a replaced code or default does not
-                found += [f"{n} (its code or defaults)" for n, a, b in zip(names, before, now) if a != b]
+            found += [f"{n} (its code or defaults)" for n, a, b in zip(names, before, map(parts, objects)) if not _same(a, b)]
         try:
             cells_same = all(map(operator.is_, map(_cell_contents, self.cells[1]), self.cell_values))
         except ValueError:  # a cell emptied
