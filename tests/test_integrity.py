@@ -31,6 +31,12 @@ SCENARIOS = {
     ),
     # the keyword defaults' dict edited in place: no setter, no audit event
     "keyword defaults in place": "checks.assert_close.__kwdefaults__['tol'] = tolerances.Tolerance(1e9, 1e9)",
+    # a classmethod's function, swapped by calling its __init__ again: no setter, no audit event
+    "classmethod re-initialised": (
+        "import _pytest.runner\n"
+        "wrapper = vars(_pytest.runner.CallInfo)['from_call']\n"
+        "type(wrapper).__init__(wrapper, lambda cls, func, when, reraise=None: None)"
+    ),
     # a closure's variable: set without an audit event
     "closure": "torch.Tensor.__rsub__.__closure__[0].cell_contents = lambda *args: None",
     # an immutable type's dict, reached through its read-only mappingproxy
@@ -52,6 +58,7 @@ EXPECTED = {
     "defaults": ["grader.harness.checks.assert_close (its code or defaults)"],
     "defaults that claim to equal anything": ["grader.harness.checks.assert_close (its code or defaults)"],
     "keyword defaults in place": ["grader.harness.checks.assert_close.__kwdefaults__.tol"],
+    "classmethod re-initialised": ["_pytest.runner.CallInfo.from_call (the function it wraps)"],
     "closure": ["torch.Tensor.__rsub__ (its closure)"],
     "immutable type": ["torch._C.TensorBase.abs"],
     "module attribute": ["torch.isclose"],
@@ -61,6 +68,7 @@ EXPECTED = {
 SCRIPT = """
 import json, os, sys
 import torch
+import _pytest.runner
 import grader.harness.checks as checks
 import grader.harness.tolerances as tolerances
 from grader.judge.integrity import Snapshot, install_audit_hook

@@ -8,7 +8,8 @@ code exists; each test process verifies it after its test and before it sends it
   runner and pluggy, the grader's own modules, the hidden suites and the helper files they import), of
   the methods of every class those grader modules and suites name (a transformers oracle such as
   `LlamaRMSNorm` included), immutable types such as `torch._C.TensorBase` too (their read-only `__dict__`
-  still hands out the dict behind it), and of the code, defaults and closure contents of their functions;
+  still hands out the dict behind it), and of the code, defaults and closure contents of their functions and
+  the functions their properties, classmethods and staticmethods hold;
 - the *contents* of the grader's tables (the tolerances: a table edited in place keeps its identity);
 - torch's global state a comparison depends on: no torch function or dispatch mode active, torch
   function handling on, the thread-local dispatch key sets, Python kernels registered with torch.library;
@@ -98,6 +99,7 @@ def _function_of(value):
 
 _function_parts = operator.attrgetter("__code__", "__defaults__", "__kwdefaults__")  # set only through audited setters
 _property_parts = operator.attrgetter("fget", "fset", "fdel")  # property.__init__ called again sets them unaudited
+_wrapper_parts = operator.attrgetter("__func__", "__func__")  # so is a classmethod's or staticmethod's function (a pair: a tuple)
 _cell_contents = operator.attrgetter("cell_contents")  # a closure's variables: set unaudited
 # The audit events of a function's setters (__code__, __defaults__, __kwdefaults__): nothing else raises them
 FUNCTION_SETTERS = {"object.__setattr__", "object.__delattr__"}
@@ -170,7 +172,7 @@ class Snapshot:
         # object the dict behind it, so it has a row like any other.
         self.rows = []
         self.originals = {key: _attributes(self.owners[key.rsplit(".", 1)[0]]).get(key.rsplit(".", 1)[1]) for key in TORCH_WRAPS}
-        functions, properties = [], []
+        functions, properties, wrappers = [], [], []
         for owner_name, owner in self.owners.items():
             attributes = _attributes(owner)
             names = tuple(n for n in attributes if f"{owner_name}.{n}" not in VOLATILE)
@@ -181,11 +183,14 @@ class Snapshot:
                 function = _function_of(value)
                 if function is not None:
                     functions.append((f"{owner_name}.{name}", function))
+                if isinstance(value, (classmethod, staticmethod)):
+                    wrappers.append((f"{owner_name}.{name}", value))
                 elif isinstance(value, property):
                     properties.append((f"{owner_name}.{name}", value))
         self.functions = [(names_, objects, list(map(parts, objects))) for names_, objects, parts in (
             (tuple(n for n, _ in functions), tuple(f for _, f in functions), _function_parts),
-            (tuple(n for n, _ in properties), tuple(f for _, f in properties), _property_parts))]
+            (tuple(n for n, _ in properties), tuple(f for _, f in properties), _property_parts),
+            (tuple(n for n, _ in wrappers), tuple(f for _, f in wrappers), _wrapper_parts))]
         first_names = {function: name for name, function in reversed(functions)}  # a function under several names: once
         for function, name in first_names.items():  # its keyword defaults: a dict that can be edited in place, unaudited
             kwdefaults = function.__kwdefaults__
@@ -241,10 +246,12 @@ class Snapshot:
                       and not self._torch_wrap(f"{owner_name}.{n}", attributes.get(n))]
             if isinstance(owner, type):  # a class that gains a method shadows its base's: Tensor.__eq__ over TensorBase's
                 found += [f"{owner_name}.{n} (added)" for n in attributes if n not in before and _shadows(owner, n)]
-        for (names, objects, before), parts in zip(self.functions, (_function_parts, _property_parts)):
+        parts_and_what = ((_function_parts, "its code or defaults"), (_property_parts, "its getter, setter or deleter"),
+                          (_wrapper_parts, "the function it wraps"))
+        for (names, objects, before), (parts, what) in zip(self.functions, parts_and_what):
             if parts is _function_parts and self.touched is not None and not self.touched:
                 continue  # no setter of a watched function ran
-            found += [f"{n} (its code or defaults)" for n, a, b in zip(names, before, map(parts, objects)) if not _same(a, b)]
+            found += [f"{n} ({what})" for n, a, b in zip(names, before, map(parts, objects)) if not _same(a, b)]
         try:
             cells_same = all(map(operator.is_, map(_cell_contents, self.cells[1]), self.cell_values))
         except ValueError:  # a cell emptied
