@@ -3,6 +3,7 @@
     python benchmarks/flakes.py                                   # module 08, 20 rounds, through `llmlab grade --jobs 2`
     python benchmarks/flakes.py --rounds 5 --module 03_lora
     python benchmarks/flakes.py --pytest                          # plain `pytest grader/hidden/<module> --impl ...` runs instead
+    python benchmarks/flakes.py --in-process --rounds 200 --module 12_tiny_llama   # many seeds: one pytest process per implementation
 
 Each round grades a class made of the reference and the alternatives of tests/mutants/<module>.py (every one of
 them correct, so every one must get full marks), with the grader's own limits, sandbox and parallel jobs: the
@@ -77,12 +78,46 @@ def pytest_round(class_dir: Path, names: list[str], module, seed: int) -> tuple[
     return time.perf_counter() - start, lost
 
 
+# One process per implementation runs the hidden suite once per seed (pytest.main in a loop: torch and the libraries are
+# imported once, a seed costs about what its tests cost), and prints one JSON line per failed test.
+_SEEDS_LOOP = """
+import contextlib, io, json, sys
+import pytest
+suite, impl, first, last = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+class Failures:
+    def pytest_runtest_logreport(self, report):
+        if report.failed:
+            message = " ".join(str(report.longrepr).split())[:300]
+            print(json.dumps({"seed": seed, "test": report.nodeid.split("::", 1)[1], "message": message}), file=sys.stderr, flush=True)
+for seed in range(first, last):
+    with contextlib.redirect_stdout(io.StringIO()):
+        pytest.main(["-q", "-p", "no:cacheprovider", suite, "--impl", impl, "--llmlab-seed", str(seed)], plugins=[Failures()])
+"""
+
+
+def in_process_rounds(class_dir: Path, names: list[str], module, rounds: int) -> tuple[list[float], dict[int, dict[str, list[dict]]]]:
+    """Every implementation over seeds 1001..1000+rounds, each in one process; the tests lost, by seed and learner."""
+    times, by_seed = [], {}
+    for name in names:
+        start = time.perf_counter()
+        done = subprocess.run([PY, "-c", _SEEDS_LOOP, f"grader/hidden/{module.name}", str(class_dir / name), "1001", str(1001 + rounds)],
+                              cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        times.append((time.perf_counter() - start) / rounds)
+        for line in done.stderr.splitlines():
+            if line.startswith("{"):
+                row = json.loads(line)
+                by_seed.setdefault(row["seed"], {}).setdefault(name, []).append(row)
+    return times, by_seed
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--module", default="08_distributed_launch")
     parser.add_argument("--rounds", type=int, default=20)
     parser.add_argument("--jobs", type=int, default=2, help="llmlab grade --jobs (default 2: two learners at once)")
     parser.add_argument("--pytest", action="store_true", help="plain pytest runs of the hidden suite instead of llmlab grade")
+    parser.add_argument("--in-process", action="store_true",
+                        help="the hidden suite once per seed, one process per implementation: for surveying many seeds")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks", help="folder of RESULTS.md (default benchmarks/)")
     args = parser.parse_args(argv)
     module = get_module(args.module)
@@ -92,9 +127,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         class_dir = Path(tmp) / "class"
         names = make_class(class_dir, module)
+        if args.in_process:
+            per_seed, by_seed = in_process_rounds(class_dir, names, module, args.rounds)
         for round_ in range(1, args.rounds + 1):
             seed = 1000 + round_  # a different draw of the hidden inputs each round
-            if args.pytest:
+            if args.in_process:
+                seconds, lost = per_seed[0], by_seed.get(seed, {})
+            elif args.pytest:
                 seconds, lost = pytest_round(class_dir, names, module, seed)
             else:
                 seconds, lost = grade_round(class_dir, Path(tmp) / f"grades-{round_}", module, args.jobs, seed)
@@ -106,13 +145,15 @@ def main(argv: list[str] | None = None) -> int:
                     examples.setdefault(key, " ".join(str(row.get("message", "")).split())[:300])
             print(f"round {round_}/{args.rounds}: {seconds:.0f} s, {sum(len(r) for r in lost.values())} test(s) lost"
                   + "".join(f"\n  {learner}: {row['test']}" for learner, rows in lost.items() for row in rows), flush=True)
-    how = "plain `pytest grader/hidden/...` per implementation" if args.pytest else f"`llmlab grade --jobs {args.jobs}`"
-    command = f"python benchmarks/flakes.py --module {module.name} --rounds {args.rounds}" + (" --pytest" if args.pytest else f" --jobs {args.jobs}")
+    how = ("the hidden suite once per seed, inside one pytest process per implementation (seconds: the reference's, per seed)" if args.in_process
+           else "plain `pytest grader/hidden/...` per implementation" if args.pytest else f"`llmlab grade --jobs {args.jobs}`")
+    mode = " --in-process" if args.in_process else " --pytest" if args.pytest else f" --jobs {args.jobs}"
+    command = f"python benchmarks/flakes.py --module {module.name} --rounds {args.rounds}{mode}"
     lines = [
         f"`{command}` on {platform.machine()} with {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{time.strftime('%Y-%m-%d %H:%M')}: {args.rounds} rounds, each {how} over the reference and the "
         f"{len(names) - 1} alternatives of tests/mutants/{module.name}.py ({', '.join(names[1:])}), a new seed each round; "
-        f"a round took {sorted(times)[len(times) // 2]:.0f} s (median).",
+        f"a round took {sorted(times)[len(times) // 2]:.2g} s (median).",
         "",
         f"Tests lost by correct code: **{sum(failures.values())}** in {args.rounds * len(names)} graded runs.",
     ]
