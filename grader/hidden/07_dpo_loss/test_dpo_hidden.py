@@ -47,7 +47,12 @@ def logps_by_hand(logits, labels, ignore_index=-100):
 
 def logps_float64(logits, labels, ignore_index=-100):
     """The same sum, vectorised and differentiable (float64), for gradients and training curves."""
-    log_probs = logits.double().log_softmax(dim=-1)[:, :-1]
+    return logps_vectorised(logits.double(), labels, ignore_index)
+
+
+def logps_vectorised(logits, labels, ignore_index=-100):
+    """The same sum, vectorised, in the logits' dtype."""
+    log_probs = logits.log_softmax(dim=-1)[:, :-1]
     labels = labels[:, 1:]
     mask = labels != ignore_index
     picked = log_probs.gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1)
@@ -58,11 +63,7 @@ def logps_tolerance(logits, labels, truth, ignore_index=-100):
     """The logits' dtype's tolerance, widened to what torch's own gather-and-sum in that dtype needs against the float64
     `truth`: a row's sum can be far smaller than its terms (one token of probability near 1 gives -1e-4 from logits
     of size 10), and its rounding is the terms'."""
-    log_probs = logits.detach().log_softmax(dim=-1)[:, :-1]
-    labels = labels[:, 1:]
-    mask = labels != ignore_index
-    library = (log_probs.gather(-1, labels.masked_fill(~mask, 0).unsqueeze(-1)).squeeze(-1) * mask).sum(-1)
-    return tolerance_as_good_as(library, truth, logits.dtype, logits.device)
+    return tolerance_as_good_as(logps_vectorised(logits.detach(), labels, ignore_index), truth, logits.dtype, logits.device)
 
 
 def sequence_mistakes(logits, labels, ignore_index=-100):
