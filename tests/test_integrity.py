@@ -18,7 +18,16 @@ from grader.harness.course import REPO_ROOT
 
 SCENARIOS = {
     # what a learner's file may do: nothing a verdict depends on changes
-    "honest": "import torch\ndef f(a=1): return a\nf.__defaults__ = (2,)\ntorch.ones(3).abs().sum()",
+    "honest": (
+        "import torch\n"
+        "def f(a=1): return a\n"
+        "f.__defaults__ = (2,)\n"
+        "torch.ones(3).abs().sum()\n"
+        "class Equal:\n"  # an unhashable object whose class is assigned: the same audit event as a function's setters
+        "    def __eq__(self, other): return True\n"
+        "class Other(Equal): pass\n"
+        "Equal().__class__ = Other"
+    ),
     # a function's code and defaults: set through setters that raise audit events
     "code": "checks.assert_close.__code__ = (lambda *args, **kwargs: None).__code__",
     "defaults": "checks.assert_close.__kwdefaults__ = {}",

@@ -102,7 +102,7 @@ _function_parts = operator.attrgetter("__code__", "__defaults__", "__kwdefaults_
 _property_parts = operator.attrgetter("fget", "fset", "fdel")  # property.__init__ called again sets them unaudited
 _wrapper_parts = operator.attrgetter("__func__", "__func__")  # so is a classmethod's or staticmethod's function (a pair: a tuple)
 _cell_contents = operator.attrgetter("cell_contents")  # a closure's variables: set unaudited
-# The audit events of a function's setters (__code__, __defaults__, __kwdefaults__): nothing else raises them
+# The audit events of a function's setters (__code__, __defaults__, __kwdefaults__), and of `__class__` assignment
 FUNCTION_SETTERS = {"object.__setattr__", "object.__delattr__"}
 
 
@@ -288,13 +288,14 @@ def install_audit_hook(impl_dir: str, exit_, snapshot: Snapshot | None = None) -
     getframe = sys._getframe
     skip = {inspect.__file__}  # inspect.currentframe() and inspect.stack() act for their caller
     busy = []
+    function = types.FunctionType
     watched, touched = (snapshot.watched_functions, set()) if snapshot is not None else (frozenset(), None)
     if snapshot is not None:
         snapshot.touched = touched
 
     def hook(event: str, args: tuple) -> None:
-        if event in FUNCTION_SETTERS:
-            if args[0] in watched:  # a function: hashed and compared by identity
+        if event in FUNCTION_SETTERS:  # raised for `obj.__class__ = ...` too, where obj may be unhashable
+            if type(args[0]) is function and args[0] in watched:  # a function: hashed and compared by identity
                 touched.add(args[0])
             return
         if busy or (event not in MEMORY_EVENTS and not (event == "object.__getattr__" and len(args) > 1 and args[1] in FRAME_ATTRIBUTES)):
