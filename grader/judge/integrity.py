@@ -240,7 +240,7 @@ class Snapshot:
         # Identity, compared with `is` at C speed: never `==` (the learner's objects define it), never `id()`
         # (each call is an audit event, and the test process's audit hook would see 24,000 of them)
         for owner_name, owner, attributes, keys, values, names in self.rows:
-            if len(attributes) == len(values) and all(map(operator.is_, attributes.values(), values)):  # the common case
+            if len(attributes) == len(values) and _same(values, attributes.values()):  # the common case, at C speed
                 continue
             before = dict(zip(keys, values))
             found += [f"{owner_name}.{n}" for n in names if attributes.get(n, _MISSING) is not before[n]
@@ -256,7 +256,7 @@ class Snapshot:
                 continue
             found += [f"{n} ({what})" for n, a, b in zip(names, before, map(parts, objects)) if not _same(a, b)]
         try:
-            cells_same = all(map(operator.is_, map(_cell_contents, self.cells[1]), self.cell_values))
+            cells_same = _same(self.cell_values, map(_cell_contents, self.cells[1]))
         except ValueError:  # a cell emptied
             cells_same = False
         if not cells_same:

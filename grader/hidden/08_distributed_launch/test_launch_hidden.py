@@ -12,9 +12,9 @@ Where the time goes, and why the suite is laid out this way:
   starting fresh interpreters. The grader runs a module's tests in one process, as pytest does, so a
   launch's forkserver (torch imported once) serves the later launches; the four environment checks share
   one launch.
-- torchrun and `accelerate launch` run once each, started together by one fixture; their workers import
-  nothing they do not need, and both start before the learner's launch that torchrun is compared with, so
-  the three overlap.
+- torchrun and `accelerate launch` run once each, started together by one fixture when the module's first
+  launch starts; their workers import nothing they do not need, and they run in the background while the
+  learner's launches are checked, so the module's last two tests find them done.
 Tests are ordered cheap first: in-process checks, forked ranks, the learner's launches, the real launchers.
 """
 
