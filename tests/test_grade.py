@@ -354,6 +354,46 @@ def test_gradescope_bundle_runs_as_gradescope_runs_it(tmp_path):
 # The references, graded as a learner's submission
 
 
+LIST_BOTH_WAYS = """
+import json, sys
+import pytest
+from grader.harness.course import get_module
+from grader.judge.grade import collect_expected
+from grader.judge.worker import normal_id
+
+listed = [t.id for t in collect_expected([get_module(name) for name in sys.argv[1:]])]  # as the judge lists them
+imported = sorted(name for name in ("transformers", "peft", "bitsandbytes") if name in sys.modules)
+
+class Collect:  # as a worker collects them (no --collect-only: the suites import their oracles), running nothing
+    ids = []
+    def pytest_collection_modifyitems(self, items):
+        self.ids += [normal_id(item) for item in items]
+        items.clear()
+
+suites = ["grader/hidden/" + name for name in sys.argv[1:]]
+pytest.main([*suites, "-p", "no:cacheprovider", "-q", "--import-mode=importlib", "--assert=plain"], plugins=[Collect()])
+print("llmlab: " + json.dumps({"listed": listed, "imported": imported, "collected": Collect.ids,
+                               "oracles": "transformers" in sys.modules and "bitsandbytes" in sys.modules}))
+"""
+
+
+@pytest.mark.slow
+def test_the_judge_lists_the_tests_a_worker_runs_without_importing_the_oracles():
+    """The judge lists the hidden suites with --collect-only, where they leave out their oracles (transformers,
+    peft, bitsandbytes: seconds of imports, see `collect_only()`); a worker collects them with the oracles
+    imported. Both must name the same tests, or a test would count as missing in every submission."""
+    from grader.harness.course import existing_modules
+
+    names = [m.name for m in existing_modules() if (REPO_ROOT / "grader" / "hidden" / m.name).is_dir()]
+    done = subprocess.run([sys.executable, "-c", LIST_BOTH_WAYS, *names], capture_output=True, text=True, timeout=300, cwd=REPO_ROOT)
+    assert "llmlab: " in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
+    seen = json.loads(done.stdout.rsplit("llmlab: ", 1)[1])
+    assert seen["imported"] == [], f"the judge's listing imported {seen['imported']}"
+    assert seen["oracles"], "the worker-style collection did not import the oracles (a suite cached as listed?)"
+    assert len(seen["listed"]) > 600
+    assert seen["listed"] == seen["collected"], sorted(set(seen["listed"]) ^ set(seen["collected"]))[:20]
+
+
 @pytest.mark.slow
 def test_the_references_get_full_marks_from_llmlab_grade(tmp_path):
     """Every module's reference, graded in the sandbox with the default limits, earns every point.

@@ -27,6 +27,15 @@ from grader.harness.errors import ImplementationLoadError, NotImplementedYet
 
 POINTS_KEY = pytest.StashKey[float]()
 MODULE_KEY = pytest.StashKey["Module | None"]()
+_listing = False  # this run only lists the tests (`--collect-only`): set by pytest_configure
+
+
+def collect_only() -> bool:
+    """True while pytest only lists the tests (`--collect-only`, as the judge of `llmlab grade` lists the hidden
+    suites). A hidden suite imports the libraries it checks against (transformers, peft, bitsandbytes: seconds
+    of imports) only when it is False, and never needs them to name its tests, so that both runs list the same
+    ids (tests/test_grade.py checks it)."""
+    return _listing
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -64,6 +73,13 @@ def pytest_configure(config: pytest.Config) -> None:
     )
     if config.getoption("impl") is not None:
         impl_root(config)  # a wrong --impl stops the run at once, with a usage error
+    global _listing
+    _listing = bool(config.option.collectonly)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    global _listing
+    _listing = False  # the next run in this process (`pytest.main` again) decides for itself
 
 
 # --------------------------------------------------------------------------------------------------

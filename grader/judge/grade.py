@@ -37,7 +37,7 @@ from grader.harness.course import MODULES, REPO_ROOT, Module, find_module, get_m
 from grader.judge.audit import audit_files
 from grader.judge.progress import Progress
 from grader.judge.report import Record, TestOutcome, load_record, write_class, write_learner
-from grader.judge.sandbox import Isolation, Sandbox, detect_isolation, has_hidden_suite, hidden_suite, private_uids
+from grader.judge.sandbox import HIDDEN_ROOT, Isolation, Sandbox, detect_isolation, has_hidden_suite, hidden_suite, private_uids
 from grader.judge.submission import Submission, find_submissions, read_submission
 from grader.judge.worker import MAX_TEXT
 
@@ -83,12 +83,14 @@ class _Collect:
 
 
 def collect_expected(modules: list[Module]) -> list[ExpectedTest]:
-    """The hidden tests of `modules`, in order, with their points: collected in this (trusted) process."""
+    """The hidden tests of `modules`, in order, with their points: collected in this (trusted) process, with
+    `--collect-only`, so that the suites leave out the oracles they import to run (see `collect_only`)."""
     import pytest
 
     from grader.harness.loader import clear_cache
 
     collector = _Collect()
+    loaded = set(sys.modules)
     with tempfile.TemporaryDirectory() as folder:
         ini = Path(folder) / "pytest.ini"
         ini.write_text("[pytest]\n")
@@ -97,6 +99,9 @@ def collect_expected(modules: list[Module]) -> list[ExpectedTest]:
         with contextlib.redirect_stdout(io.StringIO()):
             code = pytest.main(args, plugins=[collector])
     clear_cache()
+    for name in set(sys.modules) - loaded:  # the suites as listed, without their oracles: imported again to run
+        if str(getattr(sys.modules[name], "__file__", None) or "").startswith(str(HIDDEN_ROOT) + os.sep):
+            del sys.modules[name]
     if collector.errors or code not in (0, 5):
         raise RuntimeError("the hidden suites do not collect:\n" + "\n".join(collector.errors))
     return collector.tests

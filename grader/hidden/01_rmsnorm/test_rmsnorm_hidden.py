@@ -8,9 +8,12 @@ learner's call, so nothing the learner's code could find in memory holds the ans
 
 import pytest
 import torch
-from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 from grader.harness.checks import assert_close, assert_raises, tolerance_for
+from grader.harness.plugin import collect_only
+
+if not collect_only():  # the oracles: seconds to import, not needed to list the tests (the judge's --collect-only)
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 SHAPES = [(64,), (3, 64), (2, 5, 128), (2, 2, 3, 96)]

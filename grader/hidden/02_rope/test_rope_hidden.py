@@ -11,10 +11,13 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig
-from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 from grader.harness.checks import assert_close, assert_raises, assert_shape, tolerance_for
+from grader.harness.plugin import collect_only
+
+if not collect_only():  # the oracles: seconds to import, not needed to list the tests (the judge's --collect-only)
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding, apply_rotary_pos_emb
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 BASES = [10000.0, 500000.0, 1000000.0]  # Llama 2, Llama 3, Qwen 2

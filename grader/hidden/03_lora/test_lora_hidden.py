@@ -17,13 +17,16 @@ import math
 
 import pytest
 import torch
-from peft import LoraConfig, get_peft_model
-from peft.tuners.lora import LoraLayer
 from torch import nn
-from transformers import LlamaConfig, LlamaForCausalLM
-from transformers.pytorch_utils import Conv1D
 
 from grader.harness.checks import assert_close, assert_raises
+from grader.harness.plugin import collect_only
+
+if not collect_only():  # the oracles: seconds to import, not needed to list the tests (the judge's --collect-only)
+    from peft import LoraConfig, get_peft_model
+    from peft.tuners.lora import LoraLayer
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.pytorch_utils import Conv1D
 
 CONFIGS = [(4, 8.0), (8, 16.0), (2, 32.0)]  # (r, alpha): scaling 2, 2 and 16
 
@@ -531,7 +534,9 @@ def test_rank_must_be_positive(impl, r):
 
 
 @pytest.mark.points(1)
-@pytest.mark.parametrize("base", [nn.Conv1d(8, 8, 1), nn.Embedding(10, 8), Conv1D(8, 8), nn.Identity()], ids=lambda m: type(m).__name__)
-def test_base_must_be_a_linear(impl, base):
+@pytest.mark.parametrize("kind", ["Conv1d", "Embedding", "Conv1D", "Identity"])
+def test_base_must_be_a_linear(impl, kind):
     """LoRALinear around anything but an nn.Linear (GPT-2's Conv1D included) raises TypeError."""
+    base = {"Conv1d": lambda: nn.Conv1d(8, 8, 1), "Embedding": lambda: nn.Embedding(10, 8),
+            "Conv1D": lambda: Conv1D(8, 8), "Identity": nn.Identity}[kind]()
     assert_raises(TypeError, impl.LoRALinear, base, when=f"for LoRALinear({type(base).__name__}(...))")

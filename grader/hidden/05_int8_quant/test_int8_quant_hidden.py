@@ -13,10 +13,13 @@ learner's call, so nothing the learner's code could find in memory holds the ans
 
 import pytest
 import torch
-import bitsandbytes as bnb
-import bitsandbytes.functional as F
 
 from grader.harness.checks import assert_close, assert_shape, tolerance_for
+from grader.harness.plugin import collect_only
+
+if not collect_only():  # the oracles: seconds to import, not needed to list the tests (the judge's --collect-only)
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

@@ -14,9 +14,12 @@ nothing the learner's code could find in memory holds the answer yet.
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 from grader.harness.checks import assert_close, assert_raises, assert_shape
+from grader.harness.plugin import collect_only
+
+if not collect_only():  # the oracles: seconds to import, not needed to list the tests (the judge's --collect-only)
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 
 VOCAB = 96
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -14,10 +14,13 @@ import math
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
-from transformers.loss.loss_utils import ForCausalLMLoss
 
 from grader.harness.checks import assert_close, assert_raises, assert_shape, tolerance_as_good_as
+from grader.harness.plugin import collect_only
+
+if not collect_only():  # the oracles: seconds to import, not needed to list the tests (the judge's --collect-only)
+    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers.loss.loss_utils import ForCausalLMLoss
 
 VOCAB = 48
 LOSS_TYPES = ["sigmoid", "ipo", "hinge"]

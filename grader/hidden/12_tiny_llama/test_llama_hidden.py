@@ -19,10 +19,13 @@ import copy
 
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
-from transformers.models.llama.modeling_llama import LlamaMLP
 
 from grader.harness.checks import assert_close, assert_shape, tolerance_as_good_as
+from grader.harness.plugin import collect_only
+
+if not collect_only():  # the oracles: seconds to import, not needed to list the tests (the judge's --collect-only)
+    from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+    from transformers.models.llama.modeling_llama import LlamaMLP
 
 VOCAB = 101
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]

@@ -14,10 +14,13 @@ import math
 
 import pytest
 import torch
-import bitsandbytes as bnb
-import bitsandbytes.functional as F
 
 from grader.harness.checks import assert_close, assert_raises, assert_shape, tolerance_for
+from grader.harness.plugin import collect_only
+
+if not collect_only():  # the oracles: seconds to import, not needed to list the tests (the judge's --collect-only)
+    import bitsandbytes as bnb
+    import bitsandbytes.functional as F
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 BLOCKSIZES = [64, 128]
