@@ -152,7 +152,7 @@ def test_assert_close_names_shape_dtype_and_the_largest_difference():
         assert_close(torch.zeros(2, 3), expected, what="out", dtype=torch.bfloat16)
     actual = torch.zeros(2, 3)
     actual[1, 2] = 0.5
-    with pytest.raises(AssertionError, match=r"largest difference 0.5 at index \(1, 2\): got 0.5, expected 0"):
+    with pytest.raises(AssertionError, match=r"worst at index \(1, 2\): got 0.5, expected 0 \(difference 0.5, allowed 0\)"):
         assert_close(actual, expected, what="out", dtype=torch.float32)
 
 

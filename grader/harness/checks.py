@@ -1,7 +1,7 @@
 """Assertions whose failure messages teach.
 
 A failed check says, in words: what was compared, what was expected and what came out (shape, dtype,
-device, the largest difference and where it is), and, when the wrong output matches a known mistake,
+device, the worst element: where it is, its difference and what was allowed), and, when the wrong output matches a known mistake,
 the mistake by name. The plugin then adds the chapter to read.
 
     from grader.harness.checks import assert_close, assert_raises
@@ -153,13 +153,15 @@ def assert_close(
     bad = (diff > limit) | ~same_inf
     if not bool(bad.any()):
         return
-    worst = _first_bad_index(diff == diff.max()) if bool((diff > limit).any()) else _first_bad_index(bad)
+    # the element farthest outside its tolerance (the largest difference may sit within a large element's)
+    beyond = torch.where(diff > limit, diff / limit.clamp_min(torch.finfo(torch.float64).tiny), torch.zeros_like(diff))
+    worst = _first_bad_index(beyond == beyond.max()) if bool((diff > limit).any()) else _first_bad_index(bad)
     count, total = int(bad.sum()), bad.numel()
     message = (
         f"{what} is not close to the expected values "
         f"(shape {_shape(actual.shape)}, dtype {actual.dtype}, on {actual.device.type}).\n"
-        f"  largest difference {diff[worst].item():.4g} at index {worst}: "
-        f"got {got[worst].item():.6g}, expected {want[worst].item():.6g}\n"
+        f"  worst at index {worst}: got {got[worst].item():.6g}, expected {want[worst].item():.6g} "
+        f"(difference {diff[worst].item():.4g}, allowed {limit[worst].item():.2g})\n"
         f"  {count} of {total} elements ({100 * count / total:.1f}%) are outside the tolerance "
         f"(rtol={tol.rtol:.2g}, atol={tol.atol:.2g} x max|expected|={scale:.3g})"
     )
