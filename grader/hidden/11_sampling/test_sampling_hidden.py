@@ -55,12 +55,20 @@ def random_logits(batch, vocab, dtype, device, scale=2.0, ties=False):
 
 
 def safe_top_p(logits, dtype, tries=200):
-    """Logits and a p in [0.2, 0.95] at least MARGIN[dtype] away from every partial sum of every row."""
+    """Logits and a p in [0.2, 0.95] at least MARGIN[dtype] away from every partial sum of every row, and no tie
+    between the last token p keeps and the first it removes (low precision ties logits often: with a tie
+    there, keeping either token is correct, and which one a sort puts first is its own choice)."""
     for _ in range(tries):
-        probs = logits.double().softmax(-1).sort(-1, descending=True).values
-        sums = probs.cumsum(-1).flatten()
+        probs = logits.double().softmax(-1).sort(-1, descending=True).values.cpu()  # (batch, vocab)
+        sums = probs.cumsum(-1)
         candidates = torch.linspace(0.2, 0.95, 301, dtype=torch.float64)
-        distance = (candidates[:, None] - sums[None, :].cpu()).abs().min(dim=1).values
+        distance = (candidates[:, None] - sums.flatten()[None, :]).abs().min(dim=1).values
+        kept = ((sums - probs)[None] < candidates[:, None, None]).sum(-1)  # (candidates, batch): tokens each p keeps
+        ranked = probs[None].expand(len(candidates), *probs.shape)
+        last = ranked.gather(-1, (kept - 1)[..., None])[..., 0]
+        first_removed = ranked.gather(-1, kept.clamp(max=probs.shape[-1] - 1)[..., None])[..., 0]
+        tied = ((last == first_removed) & (kept < probs.shape[-1])).any(dim=1)
+        distance[tied] = -1.0
         best = int(distance.argmax())
         if distance[best] >= MARGIN[dtype]:
             return logits, float(candidates[best])
