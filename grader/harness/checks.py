@@ -1,8 +1,8 @@
 """Assertions whose failure messages teach.
 
 A failed check says, in words: what was compared, what was expected and what came out (shape, dtype,
-device, the worst element: where it is, its difference and what was allowed), and, when the wrong output matches a known mistake,
-the mistake by name. The plugin then adds the chapter to read.
+device, the worst element: where it is, its difference and what was allowed), and, when the wrong output
+matches a known mistake, the mistake by name. The plugin then adds the chapter to read.
 
     from grader.harness.checks import assert_close, assert_raises
 
